@@ -1,0 +1,79 @@
+# forkpool: `make` builds build/forkpoold and build/forkpool-worker;
+# `make run` serves the API on 127.0.0.1:8080; `make test` runs every test;
+# `make check` runs them again under ASan+UBSan (in build/check).
+
+BUILD   ?= build
+CC      ?= cc
+PKGS     = libmicrohttpd jansson sqlite3
+DEB_PKGS = libmicrohttpd-dev libjansson-dev libsqlite3-dev libcurl4-openssl-dev pkg-config
+
+WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
+           -Wno-format-nonliteral
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 $(WARN) -D_GNU_SOURCE -Icommon -Iserver -Iworker $(SAN)
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LDFLAGS += $(SAN)
+
+COMMON_SRC = $(wildcard common/*.c)
+SERVER_SRC = $(filter-out server/main.c,$(wildcard server/*.c))
+WORKER_SRC = $(filter-out worker/main.c,$(wildcard worker/*.c))
+TEST_SRC   = $(wildcard tests/*.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+SERVER = $(BUILD)/forkpoold
+WORKER = $(BUILD)/forkpool-worker
+TESTS  = $(BUILD)/forkpool-tests
+
+.PHONY: all deps run test check clean
+all: $(SERVER) $(WORKER)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP -c -o $@ $<
+
+# The schema files are embedded in the server with .incbin.
+$(BUILD)/obj/server/schema.o: $(wildcard schema/*.sql)
+
+$(SERVER): $(call obj,server/main.c $(SERVER_SRC) $(COMMON_SRC))
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+$(WORKER): $(call obj,worker/main.c $(WORKER_SRC) $(COMMON_SRC))
+	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs jansson 2>/dev/null) -lm
+
+$(TESTS): $(call obj,$(TEST_SRC) $(SERVER_SRC) $(WORKER_SRC) $(COMMON_SRC))
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(shell pkg-config --libs libcurl 2>/dev/null) -lm
+
+# Installs the Debian packages the build needs, when they are missing.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "make deps: installing$$missing"; \
+	    apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; } || exit 1; \
+	  else \
+	    echo "make deps: missing packages; run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@mkdir -p data
+	./$(SERVER) --listen 127.0.0.1:8080 --db ./data/forkpool.db
+
+test: deps
+	@$(MAKE) --no-print-directory all $(TESTS)
+	FORKPOOL_BIN_DIR=$(BUILD) ./$(TESTS) $(T)
+
+check: deps
+	@$(MAKE) --no-print-directory BUILD=build/check CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" test
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,45 @@
+/* buf.h - a growable byte buffer and the JSON text writer built on it.
+ *
+ * Used by the server (responses, frames to workers) and by the worker (result
+ * records). Output JSON is written as text rather than through jansson because
+ * results carry integers wider than 64 bits that jansson cannot represent.
+ *
+ * Allocation failure is fatal (abort): every caller would only have turned it
+ * into a crash or a half-written answer. */
+#ifndef FORKPOOL_BUF_H
+#define FORKPOOL_BUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct buf {
+	char *data; /* NUL-terminated whenever len < cap; owned */
+	size_t len, cap;
+};
+
+/* Makes room for n more bytes. */
+void buf_reserve(struct buf *b, size_t n);
+void buf_add(struct buf *b, const void *p, size_t n);
+void buf_adds(struct buf *b, const char *s);
+void buf_addc(struct buf *b, char c);
+__attribute__((format(printf, 2, 3))) void buf_printf(struct buf *b, const char *fmt, ...);
+void buf_reset(struct buf *b);  /* len = 0, keeps the memory */
+void buf_free(struct buf *b);   /* releases the memory, b is empty again */
+/* Hands the contents to the caller (free() it); b is empty again. */
+char *buf_steal(struct buf *b, size_t *len);
+
+/* JSON text pieces. buf_json_str writes s[0..n) as a quoted JSON string,
+ * escaping controls, quotes and backslashes; bytes >= 0x80 pass through (the
+ * callers only hold UTF-8 that jansson already validated). */
+void buf_json_str(struct buf *b, const char *s, size_t n);
+void buf_json_cstr(struct buf *b, const char *s);
+void buf_json_i64(struct buf *b, int64_t v);
+void buf_json_i128(struct buf *b, __int128 v);
+/* The shortest decimal that reads back as the same double; non-finite values
+ * have no JSON form and are written as null. */
+void buf_json_double(struct buf *b, double v);
+/* An RFC 3339 UTC time with milliseconds from Unix milliseconds, quoted;
+ * ms < 0 writes null. */
+void buf_json_time(struct buf *b, int64_t ms);
+
+#endif

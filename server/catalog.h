@@ -1,0 +1,38 @@
+/* catalog.h - the tasks the workers can run, as the worker program describes
+ * them (`forkpool-worker --describe`), and the checks of an item's arguments
+ * against them, made before a batch is accepted. */
+#ifndef FORKPOOL_CATALOG_H
+#define FORKPOOL_CATALOG_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "store.h" /* TASK_NAME_MAX */
+
+enum ptype { PT_INT, PT_UINT, PT_NUMBER, PT_UNUMBER, PT_STRING, PT_ANY };
+#define CATALOG_MAX_PARAMS 16
+
+struct task_info {
+	char name[TASK_NAME_MAX];
+	char *doc;
+	int nparams, required, variadic;
+	struct {
+		char *name;
+		enum ptype type;
+	} params[CATALOG_MAX_PARAMS];
+};
+
+extern const char *const ptype_names[];
+
+/* Runs `worker --describe` and loads its answer. 0, or -1 with the reason
+ * logged. */
+int catalog_load(const char *worker_path);
+void catalog_free(void);
+const struct task_info *catalog_find(const char *name);
+int catalog_count(void);
+const struct task_info *catalog_at(int i);
+/* Checks an item's argument array. 0, or -1 with a message in err such as
+ * "square takes 1 argument, got 2". */
+int catalog_check(const struct task_info *t, const json_t *args, char *err, size_t errlen);
+
+#endif

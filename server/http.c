@@ -1,0 +1,442 @@
+/* http.c - the HTTP edge (see http.h).
+ *
+ * libmicrohttpd 0.9.75 runs without a thread of its own: its epoll fd sits in
+ * the loop's set and http_run calls MHD_run. Sharp edges handled here: a
+ * suspended connection never times out and never notices its client leaving,
+ * so each parked request watches its socket for EPOLLRDHUP itself; and
+ * MHD_stop_daemon with suspended connections aborts, so http_quiesce resumes
+ * them all first. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#include "log.h"
+#include "loop.h"
+
+#define NBUCKETS 1024
+#define MAX_HEADERS 4
+
+struct http_req {
+	struct MHD_Connection *con;
+	const char *method, *url; /* owned by libmicrohttpd, valid for the request's life */
+	struct buf body;
+	size_t max_body;
+	int too_big, answered;
+	enum http_wake wake;
+	/* parking */
+	int parked, commit_wait, commit_ok;
+	int64_t batch, deadline_ms;
+	int (*ready)(struct http_req *);
+	struct http_req *prev, *next; /* in a bucket, or the commit list */
+	struct loop_watch hup;	      /* the client's socket, for EPOLLRDHUP */
+	/* answer */
+	char *hdr_name[MAX_HEADERS], *hdr_value[MAX_HEADERS];
+	int nhdr;
+	void *data;
+	void (*data_free)(void *);
+};
+
+static struct {
+	struct MHD_Daemon *d;
+	struct loop_watch watch;
+	http_handler handler;
+	size_t max_body;
+	int ready; /* MHD has work */
+	int quiescing;
+	struct http_req *buckets[NBUCKETS];
+	struct http_req *commit_list;
+	int64_t next_deadline; /* earliest parked deadline, or -1 (may be stale-early) */
+	int nparked;
+} H;
+
+static unsigned bucket_of(int64_t batch) { return (unsigned)((uint64_t)batch * 2654435761u) % NBUCKETS; }
+
+static void unlink_parked(struct http_req *r)
+{
+	if (r->prev)
+		r->prev->next = r->next;
+	else if (r->commit_wait)
+		H.commit_list = r->next;
+	else
+		H.buckets[bucket_of(r->batch)] = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	r->prev = r->next = NULL;
+}
+
+static void wake(struct http_req *r, enum http_wake why)
+{
+	if (!r->parked)
+		return;
+	unlink_parked(r);
+	loop_del(&r->hup);
+	r->parked = 0;
+	r->wake = why;
+	H.nparked--;
+	MHD_resume_connection(r->con);
+	H.ready = 1;
+}
+
+static void on_hup(struct loop_watch *w, uint32_t events)
+{
+	(void)events;
+	wake(w->arg, WAKE_GONE);
+}
+
+static void park(struct http_req *r)
+{
+	r->parked = 1;
+	H.nparked++;
+	MHD_suspend_connection(r->con);
+	const union MHD_ConnectionInfo *ci =
+	    MHD_get_connection_info(r->con, MHD_CONNECTION_INFO_CONNECTION_FD);
+	r->hup = (struct loop_watch){.fd = ci ? ci->connect_fd : -1, .fn = on_hup, .arg = r};
+	if (r->hup.fd >= 0 && loop_add(&r->hup, EPOLLRDHUP) < 0)
+		r->hup.fd = -1;
+}
+
+void http_park(struct http_req *r, int64_t batch, int64_t deadline_ms, int (*ready)(struct http_req *))
+{
+	if (H.quiescing) {
+		r->wake = WAKE_SHUTDOWN;
+		H.handler(r);
+		return;
+	}
+	r->batch = batch;
+	r->deadline_ms = deadline_ms;
+	r->ready = ready;
+	unsigned b = bucket_of(batch);
+	r->prev = NULL;
+	r->next = H.buckets[b];
+	if (r->next)
+		r->next->prev = r;
+	H.buckets[b] = r;
+	if (deadline_ms >= 0 && (H.next_deadline < 0 || deadline_ms < H.next_deadline))
+		H.next_deadline = deadline_ms;
+	park(r);
+}
+
+void http_park_commit(struct http_req *r)
+{
+	r->commit_wait = 1;
+	r->deadline_ms = -1;
+	r->prev = NULL;
+	r->next = H.commit_list;
+	if (r->next)
+		r->next->prev = r;
+	H.commit_list = r;
+	park(r);
+}
+
+void http_wake_batch(int64_t batch)
+{
+	struct http_req *r = H.buckets[bucket_of(batch)], *next;
+	for (; r; r = next) {
+		next = r->next;
+		if (r->batch == batch && r->ready(r))
+			wake(r, WAKE_READY);
+	}
+}
+
+void http_commit_done(int ok)
+{
+	while (H.commit_list) {
+		struct http_req *r = H.commit_list;
+		r->commit_ok = ok;
+		wake(r, WAKE_COMMIT);
+		r->commit_wait = 0;
+	}
+}
+
+int http_commit_ok(const struct http_req *r) { return r->commit_ok; }
+
+int64_t http_tick(void)
+{
+	int64_t now = now_mono_ms();
+	if (H.next_deadline >= 0 && H.next_deadline <= now) {
+		H.next_deadline = -1;
+		for (unsigned b = 0; b < NBUCKETS; b++) {
+			struct http_req *r = H.buckets[b], *next;
+			for (; r; r = next) {
+				next = r->next;
+				if (r->deadline_ms < 0)
+					continue;
+				if (r->deadline_ms <= now)
+					wake(r, WAKE_TIMEOUT);
+				else if (H.next_deadline < 0 || r->deadline_ms < H.next_deadline)
+					H.next_deadline = r->deadline_ms;
+			}
+		}
+	}
+	int64_t next = H.next_deadline;
+	MHD_UNSIGNED_LONG_LONG t;
+	if (H.d && MHD_get_timeout(H.d, &t) == MHD_YES) {
+		int64_t at = now + (int64_t)t;
+		if (next < 0 || at < next)
+			next = at;
+	}
+	return next;
+}
+
+int http_pending(void) { return H.ready; }
+
+void http_run(void)
+{
+	H.ready = 0;
+	if (H.d)
+		MHD_run(H.d);
+}
+
+static void on_mhd(struct loop_watch *w, uint32_t events)
+{
+	(void)w;
+	(void)events;
+	H.ready = 1;
+}
+
+/* Request accessors. */
+const char *http_method(const struct http_req *r) { return r->method; }
+const char *http_path(const struct http_req *r) { return r->url; }
+const char *http_query(const struct http_req *r, const char *key)
+{
+	return MHD_lookup_connection_value(r->con, MHD_GET_ARGUMENT_KIND, key);
+}
+const char *http_header(const struct http_req *r, const char *key)
+{
+	return MHD_lookup_connection_value(r->con, MHD_HEADER_KIND, key);
+}
+const char *http_body(const struct http_req *r, size_t *len)
+{
+	*len = r->body.len;
+	return r->body.data ? r->body.data : "";
+}
+enum http_wake http_woken(const struct http_req *r) { return r->wake; }
+void *http_data(struct http_req *r) { return r->data; }
+void http_set_data(struct http_req *r, void *data, void (*free_fn)(void *))
+{
+	if (r->data_free)
+		r->data_free(r->data);
+	r->data = data;
+	r->data_free = free_fn;
+}
+
+void http_add_header(struct http_req *r, const char *name, const char *value)
+{
+	if (r->nhdr == MAX_HEADERS)
+		return;
+	r->hdr_name[r->nhdr] = strdup(name);
+	r->hdr_value[r->nhdr] = strdup(value);
+	r->nhdr++;
+}
+
+void http_reply(struct http_req *r, unsigned status, struct buf *b)
+{
+	if (r->answered)
+		return;
+	r->answered = 1;
+	buf_addc(b, '\n');
+	size_t len;
+	char *data = buf_steal(b, &len);
+	struct MHD_Response *resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(data);
+		return;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	for (int i = 0; i < r->nhdr; i++)
+		MHD_add_response_header(resp, r->hdr_name[i], r->hdr_value[i]);
+	if (MHD_queue_response(r->con, status, resp) != MHD_YES)
+		log_warn("http_queue", "status=%u url=\"%s\"", status, r->url);
+	MHD_destroy_response(resp);
+}
+
+void http_error(struct http_req *r, unsigned status, const char *code, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	struct buf b = {0};
+	buf_adds(&b, "{\"error\":{\"code\":");
+	buf_json_cstr(&b, code);
+	buf_adds(&b, ",\"message\":");
+	buf_json_cstr(&b, msg);
+	buf_adds(&b, "}}");
+	http_reply(r, status, &b);
+}
+
+static void req_free(struct http_req *r)
+{
+	if (r->parked) { /* cannot happen: MHD does not end suspended connections */
+		unlink_parked(r);
+		loop_del(&r->hup);
+		H.nparked--;
+	}
+	buf_free(&r->body);
+	for (int i = 0; i < r->nhdr; i++) {
+		free(r->hdr_name[i]);
+		free(r->hdr_value[i]);
+	}
+	if (r->data_free)
+		r->data_free(r->data);
+	free(r);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url,
+				  const char *method, const char *version, const char *upload,
+				  size_t *upload_size, void **con_cls)
+{
+	(void)cls;
+	(void)version;
+	struct http_req *r = *con_cls;
+	if (!r) {
+		r = calloc(1, sizeof *r);
+		if (!r)
+			return MHD_NO;
+		r->con = con;
+		r->url = url;
+		r->method = method;
+		r->hup.fd = -1;
+		*con_cls = r;
+		const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND,
+							     MHD_HTTP_HEADER_CONTENT_LENGTH);
+		if (cl && strtoull(cl, NULL, 10) > H.max_body) {
+			/* Refuse before reading a byte of it. */
+			http_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large",
+				   "the body is %s bytes; the limit (--max-body) is %zu", cl, H.max_body);
+		}
+		return MHD_YES;
+	}
+	if (*upload_size) {
+		if (!r->answered && !r->too_big) {
+			if (r->body.len + *upload_size > H.max_body) {
+				r->too_big = 1;
+				buf_free(&r->body);
+			} else {
+				buf_add(&r->body, upload, *upload_size);
+			}
+		}
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	if (r->answered)
+		return MHD_YES;
+	if (r->too_big) {
+		http_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large",
+			   "the body is over the limit (--max-body) of %zu bytes", H.max_body);
+		return MHD_YES;
+	}
+	H.handler(r);
+	if (!r->answered && !r->parked) {
+		log_error("http_unanswered", "method=%s url=\"%s\"", method, url);
+		http_error(r, 500, "internal", "the server did not answer this request");
+	}
+	return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	(void)cls;
+	(void)con;
+	(void)toe;
+	if (*con_cls)
+		req_free(*con_cls);
+	*con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	(void)cls;
+	char msg[512];
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	size_t n = strlen(msg);
+	while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+		msg[--n] = '\0';
+	for (char *p = msg; *p; p++)
+		if (*p == '"')
+			*p = '\'';
+	log_warn("http_lib", "msg=\"%s\"", msg);
+}
+
+int http_start(const char *listen, size_t max_body, unsigned conn_limit, http_handler h)
+{
+	char host[256];
+	const char *colon = strrchr(listen, ':');
+	if (!colon || colon == listen || strlen(listen) >= sizeof host) {
+		log_error("listen", "addr=\"%s\" msg=\"expected HOST:PORT\"", listen);
+		return -1;
+	}
+	const char *hs = listen, *he = colon;
+	if (*hs == '[' && he[-1] == ']') {
+		hs++;
+		he--;
+	}
+	memcpy(host, hs, (size_t)(he - hs));
+	host[he - hs] = '\0';
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				 .ai_flags = AI_NUMERICSERV | AI_PASSIVE}, *ai;
+	int rc = getaddrinfo(host, colon + 1, &hints, &ai);
+	if (rc != 0) {
+		log_error("listen", "addr=\"%s\" msg=\"%s\"", listen, gai_strerror(rc));
+		return -1;
+	}
+	H.handler = h;
+	H.max_body = max_body;
+	H.next_deadline = -1;
+	unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	if (ai->ai_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	H.d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+			       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_CONNECTION_LIMIT,
+			       conn_limit, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+			       MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+			       MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+	freeaddrinfo(ai);
+	if (!H.d) {
+		log_error("listen", "addr=\"%s\" msg=\"cannot listen there (in use, or not an address of this machine?)\"",
+			  listen);
+		return -1;
+	}
+	const union MHD_DaemonInfo *ei = MHD_get_daemon_info(H.d, MHD_DAEMON_INFO_EPOLL_FD);
+	const union MHD_DaemonInfo *pi = MHD_get_daemon_info(H.d, MHD_DAEMON_INFO_BIND_PORT);
+	H.watch = (struct loop_watch){.fd = ei ? ei->epoll_fd : -1, .fn = on_mhd};
+	if (H.watch.fd < 0 || loop_add(&H.watch, EPOLLIN) < 0) {
+		MHD_stop_daemon(H.d);
+		H.d = NULL;
+		return -1;
+	}
+	log_info("listen", "addr=%s%s%s:%u", strchr(host, ':') ? "[" : "", host,
+		 strchr(host, ':') ? "]" : "", pi ? (unsigned)pi->port : 0);
+	H.ready = 1;
+	return 0;
+}
+
+void http_quiesce(void)
+{
+	H.quiescing = 1;
+	for (unsigned b = 0; b < NBUCKETS; b++)
+		while (H.buckets[b])
+			wake(H.buckets[b], WAKE_SHUTDOWN);
+	http_commit_done(0);
+}
+
+void http_stop(void)
+{
+	if (!H.d)
+		return;
+	http_quiesce();
+	MHD_run(H.d); /* deliver the answers of the woken requests */
+	loop_del(&H.watch);
+	MHD_stop_daemon(H.d);
+	H.d = NULL;
+}

@@ -1,0 +1,73 @@
+/* http.h - the HTTP edge: libmicrohttpd in external-epoll mode on the one
+ * loop, request bodies, JSON replies and errors, and parked requests.
+ *
+ * A handler is called once a request's body is complete. It answers with
+ * http_reply/http_error, or parks the request: the connection is suspended
+ * (no thread, no busy loop) until http_wake_batch finds it ready, its deadline
+ * passes, the client goes away, the turn's commit ends (http_park_commit) or
+ * the server shuts down. Then the handler is called again, with http_woken
+ * saying why, and must answer. */
+#ifndef FORKPOOL_HTTP_H
+#define FORKPOOL_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+
+struct http_req;
+typedef void (*http_handler)(struct http_req *r);
+
+enum http_wake {
+	WAKE_NONE,     /* first call */
+	WAKE_READY,    /* the ready check said yes */
+	WAKE_TIMEOUT,  /* the deadline passed */
+	WAKE_GONE,     /* the client hung up (any answer is thrown away) */
+	WAKE_SHUTDOWN, /* the server is stopping */
+	WAKE_COMMIT,   /* the turn's commit ended; see http_commit_ok */
+};
+
+/* Starts listening on HOST:PORT ([v6]:port allowed; port 0 picks one) and logs
+ * event=listen addr=HOST:PORT. 0, or -1 (logged). */
+int http_start(const char *listen, size_t max_body, unsigned conn_limit, http_handler h);
+/* Lets libmicrohttpd do its work (call when its fd is ready, or after
+ * requests were woken). */
+void http_run(void);
+/* Wakes parked requests whose deadline passed; returns the monotonic ms of
+ * the next deadline (a parked request or libmicrohttpd's own), or -1. */
+int64_t http_tick(void);
+/* Whether libmicrohttpd has work (its fd was ready or requests were woken). */
+int http_pending(void);
+/* Stops accepting; wakes every parked request with WAKE_SHUTDOWN. */
+void http_quiesce(void);
+void http_stop(void);
+
+/* The request. */
+const char *http_method(const struct http_req *r);
+const char *http_path(const struct http_req *r);
+const char *http_query(const struct http_req *r, const char *key);
+const char *http_header(const struct http_req *r, const char *key);
+const char *http_body(const struct http_req *r, size_t *len);
+enum http_wake http_woken(const struct http_req *r);
+/* Per-request space for the handler: freed with the request. */
+void *http_data(struct http_req *r);
+void http_set_data(struct http_req *r, void *data, void (*free_fn)(void *));
+
+/* Answers. A JSON body; the buffer's memory is taken over (b is empty after). */
+void http_reply(struct http_req *r, unsigned status, struct buf *b);
+/* {"error": {"code": code, "message": ...}} */
+__attribute__((format(printf, 4, 5))) void http_error(struct http_req *r, unsigned status,
+						      const char *code, const char *fmt, ...);
+/* Adds a header to the answer that follows (copied). */
+void http_add_header(struct http_req *r, const char *name, const char *value);
+
+/* Parking. ready(r) is asked when http_wake_batch(batch) is called;
+ * deadline_ms is monotonic (< 0: none). */
+void http_park(struct http_req *r, int64_t batch, int64_t deadline_ms, int (*ready)(struct http_req *));
+void http_park_commit(struct http_req *r);
+void http_wake_batch(int64_t batch);
+/* Ends the turn's commit: wakes the requests parked by http_park_commit. */
+void http_commit_done(int ok);
+int http_commit_ok(const struct http_req *r);
+
+#endif

@@ -1,0 +1,33 @@
+/* loop.h - the one event loop: an epoll set of watches, each a fd and a
+ * callback. Everything the server does runs from here, on one thread. */
+#ifndef FORKPOOL_LOOP_H
+#define FORKPOOL_LOOP_H
+
+#include <stdint.h>
+
+struct loop_watch;
+typedef void (*loop_fn)(struct loop_watch *w, uint32_t events);
+
+/* Embed a watch in the struct that owns the fd; the callback finds it with
+ * container_of-style arithmetic or the arg pointer. */
+struct loop_watch {
+	int fd;
+	loop_fn fn;
+	void *arg;
+};
+
+/* 0 / -1 (logged). */
+int loop_init(void);
+int loop_add(struct loop_watch *w, uint32_t events);
+int loop_mod(struct loop_watch *w, uint32_t events);
+void loop_del(struct loop_watch *w);
+/* Waits up to timeout_ms (-1: forever) and runs the callbacks of ready
+ * watches. Returns the number of events, or -1 on error other than EINTR. */
+int loop_once(int timeout_ms);
+
+/* Milliseconds: Unix time (for stored times) and monotonic (for deadlines). */
+int64_t now_unix_ms(void);
+int64_t now_mono_ms(void);
+int64_t now_mono_ns(void);
+
+#endif

@@ -1,0 +1,342 @@
+/* main.c - forkpoold: configuration, start-up, the loop's turn, shutdown.
+ *
+ * One turn of the loop: wait for events (HTTP, worker sockets, signals,
+ * deadlines); let libmicrohttpd handle requests (submissions write into the
+ * open transaction and park until the commit); commit once (group commit);
+ * answer the parked submissions and wake the long-polls whose batches
+ * changed; hand pending items to idle workers; commit the dispatch. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "catalog.h"
+#include "http.h"
+#include "log.h"
+#include "loop.h"
+#include "pool.h"
+#include "store.h"
+
+struct config {
+	const char *listen, *db, *sync, *worker, *log_level;
+	long workers, max_tasks, chunksize;
+	size_t max_body;
+};
+
+static const char usage[] =
+    "usage: forkpoold [options]\n"
+    "Serves the forkpool HTTP API: batches of jobs run by a prefork pool of workers,\n"
+    "with every future stored in SQLite.\n"
+    "\n"
+    "  --listen HOST:PORT         address to serve on (default 127.0.0.1:8080; port 0 picks one)\n"
+    "  --db PATH                  SQLite database (default ./data/forkpool.db; directory created)\n"
+    "  --workers N                worker processes (default: online CPUs)\n"
+    "  --max-tasks-per-child N    replace a worker after N items (default 0: never)\n"
+    "  --chunksize N              items per chunk when a batch gives none\n"
+    "                             (default: automatic, about items / (workers x 4))\n"
+    "  --sync normal|full         normal survives a killed process, full also power loss\n"
+    "                             (default normal)\n"
+    "  --max-body BYTES           largest request body, K/M/G suffixes allowed (default 64M)\n"
+    "  --worker PATH              the worker program (default: forkpool-worker beside forkpoold)\n"
+    "  --log-level LEVEL          debug, info, warn or error (default info)\n"
+    "  --help                     this text\n"
+    "\n"
+    "Each option can also be set in the environment as FORKPOOL_<NAME> (FORKPOOL_LISTEN,\n"
+    "FORKPOOL_MAX_TASKS_PER_CHILD, ...); a flag wins over the environment.\n";
+
+static const struct option longopts[] = {
+    {"listen", required_argument, NULL, 'l'},
+    {"db", required_argument, NULL, 'd'},
+    {"workers", required_argument, NULL, 'w'},
+    {"max-tasks-per-child", required_argument, NULL, 'm'},
+    {"chunksize", required_argument, NULL, 'c'},
+    {"sync", required_argument, NULL, 's'},
+    {"max-body", required_argument, NULL, 'b'},
+    {"worker", required_argument, NULL, 'W'},
+    {"log-level", required_argument, NULL, 'L'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static int bad_value(const char *name, const char *value, const char *want)
+{
+	fprintf(stderr, "forkpoold: --%s %s: %s\n", name, value, want);
+	return -1;
+}
+
+static int parse_long(const char *name, const char *v, long min, long max, long *out)
+{
+	char *end;
+	errno = 0;
+	long n = strtol(v, &end, 10);
+	if (!*v || *end || errno || n < min || n > max) {
+		char want[96];
+		snprintf(want, sizeof want, "expected an integer from %ld to %ld", min, max);
+		return bad_value(name, v, want);
+	}
+	*out = n;
+	return 0;
+}
+
+static int parse_size(const char *name, const char *v, size_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long n = strtoull(v, &end, 10);
+	unsigned shift = 0;
+	if (*end == 'K' || *end == 'k')
+		shift = 10;
+	else if (*end == 'M' || *end == 'm')
+		shift = 20;
+	else if (*end == 'G' || *end == 'g')
+		shift = 30;
+	if (shift)
+		end++;
+	if (*end == 'i' && shift)
+		end++;
+	if ((*end == 'B' || *end == 'b') && shift)
+		end++;
+	if (!*v || *v == '-' || *end || errno || n == 0 || n > (1ULL << (40 - shift)))
+		return bad_value(name, v, "expected a size in bytes such as 65536, 512K or 64M");
+	*out = (size_t)(n << shift);
+	return 0;
+}
+
+/* Applies one option (from the command line or the environment). */
+static int apply(struct config *c, int opt, const char *name, const char *v)
+{
+	switch (opt) {
+	case 'l': c->listen = v; return 0;
+	case 'd': c->db = v; return 0;
+	case 'w': return parse_long(name, v, 1, 1024, &c->workers);
+	case 'm': return parse_long(name, v, 0, LONG_MAX, &c->max_tasks);
+	case 'c': return parse_long(name, v, 1, 1000000000, &c->chunksize);
+	case 's':
+		if (strcmp(v, "normal") && strcmp(v, "full"))
+			return bad_value(name, v, "expected normal or full");
+		c->sync = v;
+		return 0;
+	case 'b': return parse_size(name, v, &c->max_body);
+	case 'W': c->worker = v; return 0;
+	case 'L':
+		if (log_set_level(v) < 0)
+			return bad_value(name, v, "expected debug, info, warn or error");
+		c->log_level = v;
+		return 0;
+	}
+	return -1;
+}
+
+static int configure(struct config *c, int argc, char **argv)
+{
+	*c = (struct config){.listen = "127.0.0.1:8080", .db = "./data/forkpool.db", .sync = "normal",
+			     .max_body = 64u << 20};
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	c->workers = ncpu > 0 ? ncpu : 1;
+	/* The environment first, so that flags override it. */
+	for (const struct option *o = longopts; o->name; o++) {
+		if (o->has_arg != required_argument)
+			continue;
+		char env[64] = "FORKPOOL_";
+		for (const char *p = o->name; *p && strlen(env) < sizeof env - 1; p++) {
+			char ch = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+			strncat(env, &ch, 1);
+		}
+		const char *v = getenv(env);
+		if (v && *v && apply(c, o->val, o->name, v) < 0) {
+			fprintf(stderr, "forkpoold: (from %s)\n", env);
+			return -1;
+		}
+	}
+	int opt, idx;
+	while ((opt = getopt_long(argc, argv, "", longopts, &idx)) != -1) {
+		if (opt == 'h') {
+			fputs(usage, stdout);
+			exit(0);
+		}
+		if (opt == '?' || apply(c, opt, longopts[idx].name, optarg) < 0) {
+			fprintf(stderr, "Try 'forkpoold --help'.\n");
+			return -1;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "forkpoold: unexpected argument '%s'\nTry 'forkpoold --help'.\n", argv[optind]);
+		return -1;
+	}
+	return 0;
+}
+
+/* The worker program: --worker, else forkpool-worker beside this binary. */
+static const char *worker_path(const char *given)
+{
+	static char path[PATH_MAX];
+	if (given)
+		return given;
+	ssize_t n = readlink("/proc/self/exe", path, sizeof path - 32);
+	if (n <= 0)
+		return "forkpool-worker";
+	path[n] = '\0';
+	char *slash = strrchr(path, '/');
+	strcpy(slash ? slash + 1 : path, "forkpool-worker");
+	return path;
+}
+
+/* ---- batches whose futures changed this turn, for the long-polls ---- */
+
+static int64_t *changed;
+static size_t nchanged, capchanged;
+
+static void on_change(int64_t batch)
+{
+	if (nchanged && changed[nchanged - 1] == batch)
+		return;
+	for (size_t i = 0; i < nchanged; i++)
+		if (changed[i] == batch)
+			return;
+	if (nchanged == capchanged) {
+		capchanged = capchanged ? capchanged * 2 : 16;
+		changed = realloc(changed, capchanged * sizeof *changed);
+		if (!changed)
+			abort();
+	}
+	changed[nchanged++] = batch;
+}
+
+/* Commits the turn's writes, then tells the parked requests. */
+static void commit(struct store *s)
+{
+	if (store_dirty(s)) {
+		int ok = store_commit(s) == 0;
+		http_commit_done(ok);
+	}
+	for (size_t i = 0; i < nchanged; i++)
+		http_wake_batch(changed[i]);
+	nchanged = 0;
+}
+
+/* ---- signals ---- */
+
+static int got_term, got_chld;
+
+static void on_signal(struct loop_watch *w, uint32_t events)
+{
+	(void)events;
+	struct signalfd_siginfo si;
+	while (read(w->fd, &si, sizeof si) == (ssize_t)sizeof si) {
+		if (si.ssi_signo == SIGCHLD)
+			got_chld = 1;
+		else {
+			if (!got_term)
+				log_info("signal", "signo=%u name=%s", si.ssi_signo, strsignal((int)si.ssi_signo));
+			got_term = 1;
+		}
+	}
+}
+
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static unsigned connection_limit(void)
+{
+	struct rlimit rl;
+	unsigned limit = 10000;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur < (rlim_t)limit + 256)
+		limit = rl.rlim_cur > 512 ? (unsigned)rl.rlim_cur - 256 : 256;
+	return limit;
+}
+
+int main(int argc, char **argv)
+{
+	struct config cfg;
+	if (configure(&cfg, argc, argv) < 0)
+		return 2;
+	signal(SIGPIPE, SIG_IGN);
+	raise_fd_limit();
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+
+	const char *wpath = worker_path(cfg.worker);
+	log_info("start", "pid=%d db=\"%s\" workers=%ld max_tasks_per_child=%ld sync=%s worker=\"%s\"",
+		 (int)getpid(), cfg.db, cfg.workers, cfg.max_tasks, cfg.sync, wpath);
+	if (loop_init() < 0 || catalog_load(wpath) < 0)
+		return 1;
+	struct store *store = store_open(cfg.db, !strcmp(cfg.sync, "full"));
+	if (!store)
+		return 1;
+	struct loop_watch sig = {.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC), .fn = on_signal};
+	if (sig.fd < 0 || loop_add(&sig, EPOLLIN) < 0)
+		return 1;
+	api_init(&(struct api_config){.store = store, .workers = (int)cfg.workers,
+				      .chunksize = cfg.chunksize});
+	struct pool_config pc = {.worker_path = wpath, .workers = (int)cfg.workers,
+				 .max_tasks_per_child = cfg.max_tasks};
+	if (pool_start(store, &pc, on_change) < 0) {
+		log_error("pool", "msg=\"no worker could be started\"");
+		return 1;
+	}
+	if (http_start(cfg.listen, cfg.max_body, connection_limit(), api_handle) < 0) {
+		pool_stop();
+		return 1;
+	}
+
+	while (!got_term) {
+		int64_t next = http_tick(), pnext = pool_tick();
+		if (pnext >= 0 && (next < 0 || pnext < next))
+			next = pnext;
+		int timeout = -1;
+		if (http_pending() || store_dirty(store) || got_chld)
+			timeout = 0;
+		else if (next >= 0) {
+			int64_t d = next - now_mono_ms();
+			timeout = d < 0 ? 0 : d > 60000 ? 60000 : (int)d;
+		}
+		if (loop_once(timeout) < 0) {
+			log_error("epoll_wait", "msg=\"%s\"", strerror(errno));
+			break;
+		}
+		if (got_chld) {
+			got_chld = 0;
+			pool_reap();
+		}
+		if (http_pending())
+			http_run();
+		commit(store);
+		pool_dispatch();
+		commit(store);
+		if (http_pending())
+			http_run();
+	}
+
+	log_info("shutdown", "msg=\"stopping: no new work; waking long-polls; stopping workers\"");
+	api_shutting_down();
+	commit(store);
+	http_quiesce();
+	http_run();
+	pool_stop();
+	commit(store);
+	http_stop();
+	store_close(store);
+	catalog_free();
+	free(changed);
+	log_info("exit", "status=0");
+	return 0;
+}

@@ -1,0 +1,43 @@
+/* pool.h - the prefork pool: worker processes, the queue of batches with
+ * pending items, chunk dispatch, and what happens when a worker finishes a
+ * chunk, dies, overruns an item's timeout, or reaches its task limit.
+ *
+ * Workers are `forkpool-worker` programs started with posix_spawn (a clean
+ * image: no SQLite handle, listening socket or other workers' sockets), each
+ * with a socketpair and a shared progress page (see common/frame.h). Every
+ * item outcome goes to the store as it arrives; the caller commits. */
+#ifndef FORKPOOL_POOL_H
+#define FORKPOOL_POOL_H
+
+#include <stdint.h>
+
+#include "store.h"
+
+struct pool_config {
+	const char *worker_path;
+	int workers;
+	int64_t max_tasks_per_child; /* 0: never recycle */
+};
+
+/* Called with a batch id when some of its items reached a final state. */
+typedef void (*pool_change_fn)(int64_t batch);
+
+/* Starts the workers and queues the store's batches that have pending items.
+ * 0, or -1 (logged). */
+int pool_start(struct store *s, const struct pool_config *c, pool_change_fn on_change);
+/* A batch (committed) whose items are pending. */
+void pool_add_batch(const struct batch *b);
+/* Sends chunks to idle workers while there is pending work. */
+void pool_dispatch(void);
+/* Reaps exited workers: fails or requeues their items, starts replacements.
+ * Call after SIGCHLD. */
+void pool_reap(void);
+/* Kills workers whose running item is past its timeout, starts replacements
+ * that are due. Returns the monotonic ms of the next such deadline, or -1. */
+int64_t pool_tick(void);
+/* Workers ready for work (started and not dying). */
+int pool_ready(void);
+/* Stops every worker; items they were running go back to pending. */
+void pool_stop(void);
+
+#endif
