@@ -127,8 +127,12 @@ int catalog_load(const char *worker_path)
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-		log_error("catalog", "worker=\"%s\" msg=\"--describe failed (status %d)\"", worker_path,
-			  status);
+		if (WIFSIGNALED(status))
+			log_error("catalog", "worker=\"%s\" msg=\"--describe was killed by signal %d\"",
+				  worker_path, WTERMSIG(status));
+		else
+			log_error("catalog", "worker=\"%s\" msg=\"--describe exited with status %d\"",
+				  worker_path, WEXITSTATUS(status));
 		buf_free(&out);
 		return -1;
 	}

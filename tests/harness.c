@@ -75,6 +75,27 @@ static void rm_rf(const char *path)
 	rmdir(path);
 }
 
+/* Prints the last lines of a file of the test's directory, indented. */
+static void show_tail(const char *dir, const char *name, int lines)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return;
+	static char ring[64][512];
+	int n = 0;
+	while (n < 1000000 && fgets(ring[n % 64], sizeof ring[0], f))
+		n++;
+	fclose(f);
+	if (lines > 64)
+		lines = 64;
+	for (int i = n > lines ? n - lines : 0; i < n; i++) {
+		const char *l = ring[i % 64];
+		printf("    | %s%s", l, l[strlen(l) - 1] == '\n' ? "" : "\n");
+	}
+}
+
 static int selected(const char *name, int argc, char **argv)
 {
 	if (argc < 2)
@@ -100,6 +121,12 @@ static int run_one(const struct test *t)
 		setpgid(0, 0);
 		if (chdir(dir) != 0)
 			_exit(2);
+		/* What the test and its libraries print is shown only if it fails. */
+		int fd = open("test.stderr", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (fd >= 0) {
+			dup2(fd, 2);
+			close(fd);
+		}
 		t->fn();
 		fflush(NULL);
 		_exit(0);
@@ -123,8 +150,10 @@ static int run_one(const struct test *t)
 		nanosleep(&ts, NULL);
 	}
 	kill(-pid, SIGKILL); /* anything the test left running */
-	rm_rf(dir);
 	int ok = !timed_out && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+	if (!ok)
+		show_tail(dir, "test.stderr", 40);
+	rm_rf(dir);
 	long ms = (long)(harness_now_ms() - t0);
 	if (ok)
 		printf("ok   %-48s %6ld ms\n", t->name, ms);
