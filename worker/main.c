@@ -1,0 +1,340 @@
+/* main.c - forkpool-worker: runs the items of the chunks the server sends and
+ * reports each one (the protocol is in common/frame.h).
+ *
+ *   forkpool-worker --describe              prints the task catalogue, exits 0
+ *   forkpool-worker [--serve] [--parent PID]
+ *                                           serves chunks on fd 3, with the
+ *                                           progress page on fd 4 (optional)
+ *
+ * Two threads. The main thread reads chunk frames and runs the items one
+ * after another, appending each finished item's record to the outbox. The
+ * sender thread turns the outbox into frames: once a record is waiting it
+ * gives the main thread OUTBOX_WAIT_NS to add more, so the records of fast
+ * items share a frame while the record of an item followed by a slow one
+ * still leaves within about a millisecond. The last record of a chunk is
+ * sent at once. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "frame.h"
+#include "tasks.h"
+
+#define OUTBOX_WAIT_NS 1000000 /* how long a waiting record waits for company */
+#define TASK_NAME_LEN 64       /* longer names cannot be in the table */
+
+/* The outbox, shared by the two threads under mu. box always holds a frame
+ * being filled: a length placeholder, then records; it is empty when it holds
+ * FRAME_HDR bytes. */
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* box became non-empty, flush or quit was set */
+	struct buf box;
+	bool flush; /* the box ends a chunk: send it now */
+	bool quit;  /* send what is left and stop */
+	pthread_t thread;
+} O = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static struct progress *prog; /* NULL when fd 4 is not a progress page */
+static size_t prog_len;
+static struct frame_reader rd;
+static struct buf res, err, rec;
+
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void *sender(void *arg)
+{
+	(void)arg;
+	struct buf frame = {0};
+	pthread_mutex_lock(&O.mu);
+	for (;;) {
+		while (O.box.len == FRAME_HDR && !O.quit)
+			pthread_cond_wait(&O.cv, &O.mu);
+		if (O.box.len == FRAME_HDR)
+			break; /* quit, and nothing left to send */
+		struct timespec dl;
+		clock_gettime(CLOCK_MONOTONIC, &dl);
+		dl.tv_nsec += OUTBOX_WAIT_NS;
+		if (dl.tv_nsec >= 1000000000) {
+			dl.tv_sec++;
+			dl.tv_nsec -= 1000000000;
+		}
+		while (!O.flush && !O.quit && pthread_cond_timedwait(&O.cv, &O.mu, &dl) != ETIMEDOUT)
+			;
+		O.flush = false;
+		struct buf full = O.box;
+		O.box = frame;
+		buf_reset(&O.box);
+		frame_begin(&O.box);
+		pthread_mutex_unlock(&O.mu);
+
+		frame = full;
+		frame_end(&frame, 0);
+		if (frame_write_all(WORKER_SOCK_FD, frame.data, frame.len) < 0) {
+			/* The server is gone; nobody is left to report to. */
+			fprintf(stderr, "forkpool-worker: write to the server: %s\n", strerror(errno));
+			_exit(1);
+		}
+		pthread_mutex_lock(&O.mu);
+	}
+	pthread_mutex_unlock(&O.mu);
+	buf_free(&frame);
+	return NULL;
+}
+
+/* Hands a record (whole lines) to the sender; last ends the chunk. */
+static void post(const struct buf *r, bool last)
+{
+	pthread_mutex_lock(&O.mu);
+	bool was_empty = O.box.len == FRAME_HDR;
+	buf_add(&O.box, r->data, r->len);
+	if (last)
+		O.flush = true;
+	if (was_empty || last)
+		pthread_cond_signal(&O.cv);
+	pthread_mutex_unlock(&O.mu);
+}
+
+static int start_sender(void)
+{
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&O.cv, &ca);
+	pthread_condattr_destroy(&ca);
+	frame_begin(&O.box);
+	int rc = pthread_create(&O.thread, NULL, sender, NULL);
+	if (rc != 0) {
+		fprintf(stderr, "forkpool-worker: pthread_create: %s\n", strerror(rc));
+		return -1;
+	}
+	return 0;
+}
+
+/* Sends what is left, stops the sender, frees everything, exits. */
+static __attribute__((noreturn)) void finish(int status)
+{
+	pthread_mutex_lock(&O.mu);
+	O.quit = true;
+	pthread_cond_signal(&O.cv);
+	pthread_mutex_unlock(&O.mu);
+	pthread_join(O.thread, NULL);
+	pthread_cond_destroy(&O.cv);
+	buf_free(&O.box);
+	buf_free(&res);
+	buf_free(&err);
+	buf_free(&rec);
+	frame_reader_free(&rd);
+	if (prog)
+		munmap(prog, prog_len);
+	exit(status);
+}
+
+static __attribute__((noreturn)) void malformed(const char *why)
+{
+	fprintf(stderr, "forkpool-worker: malformed chunk frame: %s\n", why);
+	finish(2);
+}
+
+/* Runs item pos of a chunk and appends its record to rec. t is NULL for a
+ * task the table does not have. */
+static void run_item(const struct task *t, const char *tname, size_t pos, const char *args,
+		     size_t len)
+{
+	int64_t t0 = mono_ns();
+	if (prog) {
+		atomic_store_explicit(&prog->started_ns, t0, memory_order_relaxed);
+		atomic_store_explicit(&prog->item, (uint32_t)pos + 1, memory_order_release);
+	}
+	buf_reset(&res);
+	buf_reset(&err);
+	int rc = t ? task_run(t, args, len, &res, &err)
+		   : task_error(&err, "unknown task \"%s\"", tname);
+	long long micros = (mono_ns() - t0) / 1000;
+	buf_printf(&rec, "%c %zu %lld ", rc == 0 ? 'R' : 'E', pos, micros);
+	if (rc == 0)
+		buf_add(&rec, res.data, res.len);
+	else
+		buf_json_str(&rec, err.data, err.len);
+	buf_addc(&rec, '\n');
+}
+
+/* Runs a chunk frame: "C <task> <n>\n" then n lines of arguments. The whole
+ * frame is checked before the first item runs; a malformed one ends the
+ * worker (exit 2), since the stream can no longer be trusted. */
+static void run_chunk(const char *p, size_t n)
+{
+	const char *end = p + n, *nl = memchr(p, '\n', n);
+	if (!nl || n < 2 || p[0] != 'C' || p[1] != ' ')
+		malformed("no \"C <task> <n>\" line");
+	const char *name = p + 2, *sp = memchr(name, ' ', (size_t)(nl - name));
+	if (!sp || sp == name)
+		malformed("no task name");
+	size_t count = 0;
+	const char *d = sp + 1;
+	if (d == nl)
+		malformed("no item count");
+	for (; d < nl; d++) {
+		if (*d < '0' || *d > '9' || count > UINT32_MAX / 10)
+			malformed("bad item count");
+		count = count * 10 + (size_t)(*d - '0');
+	}
+	if (count >= UINT32_MAX)
+		malformed("bad item count");
+	const char *items = nl + 1;
+	size_t lines = 0;
+	for (const char *s = items; s < end; s++)
+		lines += *s == '\n';
+	if (lines != count || (end > items && end[-1] != '\n'))
+		malformed("the item lines do not match the count");
+
+	char tname[TASK_NAME_LEN];
+	size_t nlen = (size_t)(sp - name);
+	snprintf(tname, sizeof tname, "%.*s", (int)(nlen < sizeof tname ? nlen : sizeof tname - 1),
+		 name);
+	const struct task *t = nlen < sizeof tname ? task_find(tname) : NULL;
+
+	const char *s = items;
+	for (size_t pos = 0; pos < count; pos++) {
+		const char *e = memchr(s, '\n', (size_t)(end - s));
+		buf_reset(&rec);
+		run_item(t, tname, pos, s, (size_t)(e - s));
+		post(&rec, pos + 1 == count);
+		s = e + 1;
+	}
+}
+
+static struct progress *map_progress(void)
+{
+	struct stat st;
+	if (fstat(WORKER_PROGRESS_FD, &st) < 0)
+		return NULL; /* no page: fine, the server just learns less when we die */
+	if (st.st_size < (off_t)sizeof(struct progress)) {
+		fprintf(stderr, "forkpool-worker: fd %d is not a progress page; running without\n",
+			WORKER_PROGRESS_FD);
+		return NULL;
+	}
+	long page = sysconf(_SC_PAGESIZE);
+	prog_len = (sizeof(struct progress) + (size_t)page - 1) / (size_t)page * (size_t)page;
+	void *m = mmap(NULL, prog_len, PROT_READ | PROT_WRITE, MAP_SHARED, WORKER_PROGRESS_FD, 0);
+	if (m == MAP_FAILED) {
+		fprintf(stderr, "forkpool-worker: mmap of the progress page: %s\n", strerror(errno));
+		return NULL;
+	}
+	return m;
+}
+
+/* Whatever the server's process happened to leave open is not ours. */
+static void close_extra_fds(void)
+{
+#ifdef SYS_close_range
+	if (syscall(SYS_close_range, WORKER_PROGRESS_FD + 1, ~0U, 0) == 0)
+		return;
+#endif
+	long max = sysconf(_SC_OPEN_MAX);
+	if (max < 0 || max > 65536)
+		max = 65536;
+	for (int fd = WORKER_PROGRESS_FD + 1; fd < max; fd++)
+		close(fd);
+}
+
+static int serve(long parent)
+{
+	/* Never outlive the server: die with it, or now if it is already gone. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	pid_t pp = getppid();
+	if (pp == 1 || (parent > 0 && pp != (pid_t)parent)) {
+		fprintf(stderr, "forkpool-worker: the server (pid %ld) is gone\n", parent);
+		return 1;
+	}
+	close_extra_fds();
+	prog = map_progress();
+
+	struct buf hello = {0};
+	size_t off = frame_begin(&hello);
+	buf_printf(&hello, "H %d\n", (int)getpid());
+	frame_end(&hello, off);
+	int rc = frame_write_all(WORKER_SOCK_FD, hello.data, hello.len);
+	buf_free(&hello);
+	if (rc < 0) {
+		fprintf(stderr, "forkpool-worker: write to fd %d: %s\n", WORKER_SOCK_FD, strerror(errno));
+		return 1;
+	}
+	if (start_sender() < 0)
+		return 1;
+
+	for (;;) {
+		const char *p;
+		size_t n;
+		int r;
+		while ((r = frame_next(&rd, &p, &n)) == 1)
+			run_chunk(p, n);
+		if (r < 0)
+			malformed("frame longer than FRAME_MAX");
+		long got = frame_fill(&rd, WORKER_SOCK_FD);
+		if (got == 0)
+			finish(0); /* the server closed: we are done */
+		if (got < 0) {
+			fprintf(stderr, "forkpool-worker: read from the server: %s\n", strerror(errno));
+			finish(1);
+		}
+	}
+}
+
+static int describe(void)
+{
+	struct buf out = {0};
+	task_describe(&out);
+	buf_addc(&out, '\n');
+	bool ok = fwrite(out.data, 1, out.len, stdout) == out.len && fflush(stdout) == 0;
+	buf_free(&out);
+	return ok ? 0 : 1;
+}
+
+static int usage(void)
+{
+	fprintf(stderr, "usage: forkpool-worker --describe\n"
+			"       forkpool-worker [--serve] [--parent PID]\n");
+	return 2;
+}
+
+int main(int argc, char **argv)
+{
+	long parent = 0;
+	bool desc = false;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--describe")) {
+			desc = true;
+		} else if (!strcmp(argv[i], "--serve")) {
+			continue;
+		} else if (!strcmp(argv[i], "--parent") && i + 1 < argc) {
+			char *e;
+			errno = 0;
+			parent = strtol(argv[++i], &e, 10);
+			if (errno || *e || e == argv[i] || parent <= 0 || parent > INT_MAX)
+				return usage();
+		} else {
+			return usage();
+		}
+	}
+	return desc ? describe() : serve(parent);
+}
