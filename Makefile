@@ -9,8 +9,10 @@ DEB_PKGS = libmicrohttpd-dev libjansson-dev libsqlite3-dev libcurl4-openssl-dev 
 
 WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
            -Wno-format-nonliteral
+# CFLAGS is the user's (make CFLAGS=-O0 keeps working); what the build needs
+# is in FP_CFLAGS, so a command-line CFLAGS cannot drop it.
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 $(WARN) -D_GNU_SOURCE -Icommon -Iserver -Iworker $(SAN)
+FP_CFLAGS = -std=gnu11 $(WARN) -D_GNU_SOURCE -Icommon -Iserver -Iworker $(SAN)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDFLAGS += $(SAN)
@@ -31,7 +33,7 @@ all: $(SERVER) $(WORKER)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP -c -o $@ $<
+	$(CC) $(CFLAGS) $(FP_CFLAGS) $(PKG_CFLAGS) -MMD -MP -c -o $@ $<
 
 # The schema files are embedded in the server with .incbin.
 $(BUILD)/obj/server/schema.o: $(wildcard schema/*.sql)

@@ -179,6 +179,10 @@ int64_t http_tick(void)
 	int64_t next = H.next_deadline;
 	MHD_UNSIGNED_LONG_LONG t;
 	if (H.d && MHD_get_timeout(H.d, &t) == MHD_YES) {
+		/* A zero timeout means MHD has work that no fd will announce
+		 * (a resumed connection, buffered input): run it this turn. */
+		if (t == 0)
+			H.ready = 1;
 		int64_t at = now + (int64_t)t;
 		if (next < 0 || at < next)
 			next = at;
@@ -396,11 +400,11 @@ int http_start(const char *listen, size_t max_body, unsigned conn_limit, http_ha
 	unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
-	H.d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+	H.d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+			       NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 			       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_CONNECTION_LIMIT,
 			       conn_limit, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-			       MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-			       MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+			       MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!H.d) {
 		log_error("listen", "addr=\"%s\" msg=\"cannot listen there (in use, or not an address of this machine?)\"",
