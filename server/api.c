@@ -11,6 +11,7 @@
 #include "jsonw.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "pool.h"
 
 #define MAX_WAIT_S 3600
@@ -504,6 +505,7 @@ static void post_batch(struct http_req *r)
 	}
 	if (store_batch_end(C.store, 1) < 0)
 		return db_error(r);
+	metrics_batch_accepted(s->b.task, s->b.size);
 	/* Dispatch runs only after the turn's commit; were it to fail, the
 	 * queued id finds no pending rows and drops out. */
 	pool_add_batch(&s->b);
@@ -563,6 +565,10 @@ void api_handle(struct http_req *r)
 	int get = !strcmp(m, "GET") || !strcmp(m, "HEAD");
 	if (!strcmp(p, "/healthz"))
 		return get ? healthz(r) : not_allowed(r, "GET");
+	if (!strcmp(p, "/metrics"))
+		return get ? metrics_handle(r) : not_allowed(r, "GET");
+	if (!strcmp(p, "/v1/workers"))
+		return get ? metrics_workers(r) : not_allowed(r, "GET");
 	if (!strcmp(p, "/v1/tasks"))
 		return get ? get_tasks(r) : not_allowed(r, "GET");
 	if (!strcmp(p, "/v1/batches")) {

@@ -20,6 +20,7 @@
 
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 
 #define NBUCKETS 1024
 #define MAX_HEADERS 4
@@ -247,6 +248,7 @@ void http_reply(struct http_req *r, unsigned status, struct buf *b)
 		return;
 	r->answered = 1;
 	buf_addc(b, '\n');
+	metrics_http(status);
 	size_t len;
 	char *data = buf_steal(b, &len);
 	struct MHD_Response *resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
@@ -254,7 +256,11 @@ void http_reply(struct http_req *r, unsigned status, struct buf *b)
 		free(data);
 		return;
 	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	int typed = 0; /* a handler may give its own type (/metrics is text) */
+	for (int i = 0; i < r->nhdr; i++)
+		typed |= !strcasecmp(r->hdr_name[i], "Content-Type");
+	if (!typed)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	for (int i = 0; i < r->nhdr; i++)
 		MHD_add_response_header(resp, r->hdr_name[i], r->hdr_value[i]);
 	if (MHD_queue_response(r->con, status, resp) != MHD_YES)

@@ -20,6 +20,7 @@
 #include "api.h"
 #include "catalog.h"
 #include "http.h"
+#include "metrics.h"
 #include "log.h"
 #include "loop.h"
 #include "pool.h"
@@ -285,6 +286,7 @@ int main(int argc, char **argv)
 	struct loop_watch sig = {.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC), .fn = on_signal};
 	if (sig.fd < 0 || loop_add(&sig, EPOLLIN) < 0)
 		return 1;
+	metrics_init(store, cfg.db);
 	api_init(&(struct api_config){.store = store, .workers = (int)cfg.workers,
 				      .chunksize = cfg.chunksize});
 	struct pool_config pc = {.worker_path = wpath, .workers = (int)cfg.workers,
@@ -336,6 +338,7 @@ int main(int argc, char **argv)
 	http_stop();
 	store_close(store);
 	catalog_free();
+	metrics_free();
 	free(changed);
 	log_info("exit", "status=0");
 	return 0;

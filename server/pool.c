@@ -27,6 +27,7 @@
 #include "frame.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 
 extern char **environ;
 
@@ -46,6 +47,8 @@ struct worker {
 	struct buf out; /* frame bytes not yet written */
 	size_t out_off;
 	int64_t tasks_run, started_ms;
+	char task[TASK_NAME_MAX]; /* the chunk's task and its batch's submission (metrics) */
+	int64_t batch_created_ms;
 	/* the chunk in flight */
 	int64_t batch;
 	int64_t timeout_ns; /* 0: none */
@@ -59,6 +62,7 @@ struct worker {
 struct qbatch {
 	int64_t id, chunksize;
 	double timeout;
+	int64_t created_ms;
 	char task[TASK_NAME_MAX];
 	struct qbatch *next;
 };
@@ -110,6 +114,7 @@ void pool_add_batch(const struct batch *b)
 {
 	struct qbatch q = {.id = b->id, .chunksize = b->chunksize, .timeout = b->timeout};
 	snprintf(q.task, sizeof q.task, "%s", b->task);
+	q.created_ms = b->created_ms;
 	queue_push(&q);
 }
 
@@ -191,6 +196,7 @@ static int spawn_worker(void)
 	P.nworkers++;
 	loop_add(&w->watch, EPOLLIN);
 	log_info("worker_start", "pid=%d", (int)pid);
+	metrics_worker_start();
 	return 0;
 }
 
@@ -305,6 +311,8 @@ static void handle_record(struct worker *w, char *line, size_t len)
 			   json_is_string(msg) ? json_string_value(msg) : "task failed", started, now);
 		json_decref(msg);
 	}
+	metrics_item_done(w->task, line[0] == 'R' ? FS_FINISHED : FS_FAILED,
+			  line[0] == 'R' ? FE_NONE : FE_TASK, micros, started - w->batch_created_ms);
 	w->done++;
 	P.on_change(w->batch);
 	if (w->done == w->n)
@@ -388,6 +396,8 @@ static void send_chunk(struct worker *w, struct qbatch *q)
 	memcpy(P.chunk.data + count_at, cnt, 10);
 	frame_end(&P.chunk, off);
 	w->batch = q->id;
+	memcpy(w->task, q->task, sizeof w->task);
+	w->batch_created_ms = q->created_ms;
 	w->timeout_ns = (int64_t)(q->timeout * 1e9);
 	w->n = (size_t)n;
 	w->done = 0;
@@ -454,10 +464,14 @@ static void settle_chunk(struct worker *w, int status)
 			snprintf(why, sizeof why, "item exceeded its timeout of %g s; worker %d was killed",
 				 (double)w->timeout_ns / 1e9, (int)w->pid);
 			store_fail(P.store, w->batch, idx, FE_TIMEOUT, why, started, now);
+			metrics_item_done(w->task, FS_FAILED, FE_TIMEOUT, (now - started) * 1000,
+					  started - w->batch_created_ms);
 			P.on_change(w->batch);
 		} else {
 			snprintf(why, sizeof why, "worker %d %s while running this item", (int)w->pid, how);
 			store_fail(P.store, w->batch, idx, FE_WORKER_DIED, why, started, now);
+			metrics_item_done(w->task, FS_FAILED, FE_WORKER_DIED, (now - started) * 1000,
+					  started - w->batch_created_ms);
 			P.on_change(w->batch);
 		}
 	}
@@ -507,6 +521,7 @@ static void reap(int block)
 							      : "died";
 		log_info("worker_exit", "pid=%d reason=%s status=\"%s\" tasks=%lld", (int)pid, reason,
 			 how, (long long)(w->tasks_run + (int64_t)w->done));
+		metrics_worker_exit(reason);
 		settle_chunk(w, status);
 		if (w->state != W_RETIRING)
 			P.nworkers--;
@@ -559,6 +574,27 @@ int64_t pool_tick(void)
 			next = P.respawn_at;
 	}
 	return next;
+}
+
+static const char *const wstate_names[] = {"starting", "idle", "busy", "retiring"};
+
+void pool_workers(void (*fn)(void *arg, const struct pool_worker_info *w), void *arg)
+{
+	int64_t now = now_unix_ms(), now_ns = now_mono_ns();
+	for (struct worker *w = P.workers; w; w = w->next) {
+		struct pool_worker_info i = {.pid = (int)w->pid, .state = wstate_names[w->state],
+					     .tasks_run = w->tasks_run + (int64_t)w->done,
+					     .started_ms = w->started_ms, .index = -1};
+		uint32_t item = atomic_load_explicit(&w->prog->item, memory_order_acquire);
+		if (w->state == W_BUSY && item > w->done && item <= w->n) {
+			int64_t started = atomic_load_explicit(&w->prog->started_ns, memory_order_relaxed);
+			i.batch = w->batch;
+			i.index = w->idx[item - 1];
+			i.task = w->task;
+			i.item_started_ms = now - (now_ns - started) / 1000000;
+		}
+		fn(arg, &i);
+	}
 }
 
 int pool_ready(void)

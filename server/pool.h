@@ -35,6 +35,18 @@ void pool_reap(void);
 /* Kills workers whose running item is past its timeout, starts replacements
  * that are due. Returns the monotonic ms of the next such deadline, or -1. */
 int64_t pool_tick(void);
+/* One worker process, as GET /v1/workers shows it. */
+struct pool_worker_info {
+	int pid;
+	const char *state;	 /* starting, idle, busy, retiring */
+	int64_t tasks_run;	 /* items it has finished */
+	int64_t started_ms;	 /* Unix ms */
+	int64_t batch, index;	 /* the item it is running; index < 0: none */
+	const char *task;	 /* that item's task */
+	int64_t item_started_ms; /* Unix ms, when it started that item */
+};
+/* Calls fn for every worker process (retiring ones too), newest first. */
+void pool_workers(void (*fn)(void *arg, const struct pool_worker_info *w), void *arg);
 /* Workers ready for work (started and not dying). */
 int pool_ready(void);
 /* Stops every worker; items they were running go back to pending. */

@@ -616,3 +616,5 @@ int store_requeue(struct store *s, int64_t batch, int64_t idx)
 		move_count(s, batch, FS_RUNNING, FS_PENDING, 1);
 	return 0;
 }
+
+struct sqlite3 *store_sqlite(struct store *s) { return s ? s->db : NULL; }

@@ -99,4 +99,10 @@ int store_fail(struct store *s, int64_t batch, int64_t idx, enum ferr type, cons
  * attempt is not counted). */
 int store_requeue(struct store *s, int64_t batch, int64_t idx);
 
+/* The connection itself, for the modules that keep the database in shape
+ * rather than read or write futures: retention.c (deletes expired batches in
+ * its own small transactions, only while !store_dirty) and metrics.c (reads
+ * totals and sizes). Loop thread only. */
+struct sqlite3 *store_sqlite(struct store *s);
+
 #endif
