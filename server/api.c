@@ -13,6 +13,8 @@
 #include "loop.h"
 #include "metrics.h"
 #include "pool.h"
+#include "stream.h"
+#include "views.h"
 
 #define MAX_WAIT_S 3600
 #define MAX_CHUNKSIZE 1000000000LL
@@ -26,78 +28,14 @@ static int shutting_down;
 void api_init(const struct api_config *c) { C = *c; }
 void api_shutting_down(void) { shutting_down = 1; }
 
+/* The executor's wait(return_when=...). */
+enum until { UNTIL_ALL, UNTIL_FIRST_COMPLETED, UNTIL_FIRST_FAILURE };
+
 /* What a parked request waits for, kept in its http_data. */
 struct wait {
 	int64_t batch, index; /* index < 0: the whole batch */
+	enum until until;     /* for the whole batch */
 };
-
-/* ---- JSON shapes ---- */
-
-static const char *batch_state(const struct batch *b)
-{
-	if (b->counts[FS_PENDING] + b->counts[FS_RUNNING] == 0)
-		return "done";
-	if (b->counts[FS_PENDING] == b->size)
-		return "pending";
-	return "running";
-}
-
-static int batch_done(const struct batch *b)
-{
-	return b->counts[FS_PENDING] + b->counts[FS_RUNNING] == 0;
-}
-
-static void batch_json(struct buf *o, const struct batch *b)
-{
-	buf_printf(o, "{\"id\":%lld,\"task\":", (long long)b->id);
-	buf_json_cstr(o, b->task);
-	buf_printf(o, ",\"size\":%lld,\"chunksize\":%lld,\"timeout\":", (long long)b->size,
-		   (long long)b->chunksize);
-	if (b->timeout > 0)
-		buf_json_double(o, b->timeout);
-	else
-		buf_adds(o, "null");
-	buf_adds(o, ",\"state\":");
-	buf_json_cstr(o, batch_state(b));
-	buf_adds(o, ",\"counts\":{");
-	for (int k = 0; k < FS_NSTATES; k++)
-		buf_printf(o, "%s\"%s\":%lld", k ? "," : "", fstate_names[k], (long long)b->counts[k]);
-	buf_adds(o, "},\"created_at\":");
-	buf_json_time(o, b->created_ms);
-	buf_adds(o, ",\"finished_at\":");
-	buf_json_time(o, b->finished_ms);
-	buf_addc(o, '}');
-}
-
-static void future_json(struct buf *o, const struct future *f)
-{
-	buf_printf(o, "{\"index\":%lld,\"state\":\"%s\"", (long long)f->index, fstate_names[f->state]);
-	if (f->state == FS_FINISHED) {
-		buf_adds(o, ",\"result\":");
-		if (f->result)
-			buf_add(o, f->result, f->result_len);
-		else
-			buf_adds(o, "null");
-	} else if (f->state == FS_FAILED) {
-		buf_adds(o, ",\"error\":{\"type\":");
-		buf_json_cstr(o, f->error_type > FE_NONE && f->error_type <= FE_WORKER_DIED
-				     ? ferr_names[f->error_type]
-				     : "task_error");
-		buf_adds(o, ",\"message\":");
-		buf_json_cstr(o, f->error ? f->error : "");
-		buf_addc(o, '}');
-	}
-	buf_printf(o, ",\"attempts\":%lld,\"worker\":", (long long)f->attempts);
-	if (f->worker > 0)
-		buf_json_i64(o, f->worker);
-	else
-		buf_adds(o, "null");
-	buf_adds(o, ",\"started_at\":");
-	buf_json_time(o, f->started_ms);
-	buf_adds(o, ",\"finished_at\":");
-	buf_json_time(o, f->finished_ms);
-	buf_addc(o, '}');
-}
 
 /* ---- small helpers ---- */
 
@@ -166,13 +104,54 @@ static int64_t parse_id(const char *s, size_t n)
 
 static int64_t deadline_after(double secs) { return now_mono_ms() + (int64_t)(secs * 1000.0); }
 
-/* ---- GET /v1/batches/{id}[?wait=S] ---- */
+/* ---- GET /v1/batches/{id}[?wait=S&until=...] ---- */
+
+static int until_holds(const struct batch *b, enum until u)
+{
+	switch (u) {
+	case UNTIL_FIRST_COMPLETED:
+		return batch_done(b) || b->counts[FS_FINISHED] + b->counts[FS_FAILED] + b->counts[FS_CANCELLED] > 0;
+	case UNTIL_FIRST_FAILURE:
+		return batch_done(b) || b->counts[FS_FAILED] > 0;
+	case UNTIL_ALL:
+		break;
+	}
+	return batch_done(b);
+}
 
 static int batch_ready(struct http_req *r)
 {
 	struct wait *w = http_data(r);
 	struct batch b;
-	return store_batch_get(C.store, w->batch, &b) != 1 || batch_done(&b);
+	return store_batch_get(C.store, w->batch, &b) != 1 || until_holds(&b, w->until);
+}
+
+static int parse_until(struct http_req *r, enum until *u)
+{
+	const char *v = http_query(r, "until");
+	*u = UNTIL_ALL;
+	if (!v || !strcmp(v, "all"))
+		return 0;
+	if (!strcmp(v, "first_completed"))
+		*u = UNTIL_FIRST_COMPLETED;
+	else if (!strcmp(v, "first_failure"))
+		*u = UNTIL_FIRST_FAILURE;
+	else {
+		http_error(r, 400, "invalid_request",
+			   "query parameter until must be all, first_completed or first_failure, got \"%s\"", v);
+		return -1;
+	}
+	return 0;
+}
+
+static void park_batch(struct http_req *r, int64_t id, double wait, enum until u)
+{
+	struct wait *w = malloc(sizeof *w);
+	if (!w)
+		abort();
+	*w = (struct wait){.batch = id, .index = -1, .until = u};
+	http_set_data(r, w, free);
+	http_park(r, id, deadline_after(wait), batch_ready);
 }
 
 static void get_batch(struct http_req *r, int64_t id)
@@ -186,16 +165,12 @@ static void get_batch(struct http_req *r, int64_t id)
 	if (http_woken(r) == WAKE_SHUTDOWN)
 		return http_error(r, 503, "shutting_down", "the server is shutting down; retry later");
 	double wait = 0;
-	if (http_woken(r) == WAKE_NONE && query_num(r, "wait", 0, MAX_WAIT_S, &wait) < 0)
+	enum until u = UNTIL_ALL;
+	if (http_woken(r) == WAKE_NONE &&
+	    (query_num(r, "wait", 0, MAX_WAIT_S, &wait) < 0 || parse_until(r, &u) < 0))
 		return;
-	if (wait > 0 && !batch_done(&b)) {
-		struct wait *w = malloc(sizeof *w);
-		if (!w)
-			abort();
-		*w = (struct wait){.batch = id, .index = -1};
-		http_set_data(r, w, free);
-		return http_park(r, id, deadline_after(wait), batch_ready);
-	}
+	if (wait > 0 && !until_holds(&b, u))
+		return park_batch(r, id, wait, u);
 	reply_batch(r, 200, &b);
 }
 
@@ -203,13 +178,14 @@ static void get_batch(struct http_req *r, int64_t id)
 
 struct future_out {
 	struct buf *o;
-	int done;
+	int done, cancelled;
 };
 
 static void on_future(void *arg, const struct future *f)
 {
 	struct future_out *fo = arg;
 	fo->done = f->state >= FS_FINISHED;
+	fo->cancelled = f->state == FS_CANCELLED;
 	if (fo->o)
 		future_json(fo->o, f);
 }
@@ -285,17 +261,41 @@ static void get_results(struct http_req *r, int64_t id)
 		return db_error(r);
 	if (!found)
 		return http_error(r, 404, "not_found", "there is no batch %lld", (long long)id);
+	const char *accept = http_header(r, "Accept");
+	int ndjson = accept && strstr(accept, "application/x-ndjson");
+	int sse = !ndjson && accept && strstr(accept, "text/event-stream");
 	const char *order = http_query(r, "order");
-	int completed = 0;
+	int completed = ndjson || sse; /* streams default to as_completed */
 	if (order && !strcmp(order, "completed"))
 		completed = 1;
-	else if (order && strcmp(order, "submitted"))
+	else if (order && !strcmp(order, "submitted"))
+		completed = 0;
+	else if (order)
 		return http_error(r, 400, "invalid_request",
 				  "query parameter order must be submitted or completed, got \"%s\"", order);
 	int64_t after = -1, limit = -1;
 	if (query_int(r, "after", -1, INT64_MAX, &after) < 0 ||
 	    query_int(r, "limit", 1, INT64_MAX, &limit) < 0)
 		return;
+	if (ndjson || sse) {
+		struct stream_opts so = {.sse = sse, .completed = completed, .after = after,
+					 .heartbeat_s = 15};
+		const char *last = sse ? http_header(r, "Last-Event-ID") : NULL;
+		if (last) {
+			char *end;
+			long long v = strtoll(last, &end, 10);
+			if (!*last || *end || v < -1)
+				return http_error(r, 400, "invalid_request",
+						  "Last-Event-ID must be a cursor from this stream, got \"%s\"", last);
+			so.after = v;
+		}
+		if (query_num(r, "timeout", 0, 1e9, &so.timeout_s) < 0 ||
+		    query_num(r, "heartbeat", 0.01, 3600, &so.heartbeat_s) < 0)
+			return;
+		if (shutting_down)
+			return http_error(r, 503, "shutting_down", "the server is shutting down; retry later");
+		return stream_results(r, C.store, id, &so);
+	}
 	struct buf o = {0};
 	buf_adds(&o, "{\"results\":[");
 	struct results_out ro = {.o = &o, .completed = completed};
@@ -355,8 +355,30 @@ static void list_batches(struct http_req *r)
 
 /* The batch a submission stored, until its commit is known. */
 struct submitted {
+	struct wait w; /* first, so that batch_ready can read it (POST ?wait=S) */
 	struct batch b;
+	double wait; /* POST ?wait=S */
+	int committed;
 };
+
+/* 201 with the batch and "results": every future in submission order. */
+static void reply_with_results(struct http_req *r, int64_t id)
+{
+	struct batch b;
+	if (store_batch_get(C.store, id, &b) != 1)
+		return db_error(r);
+	struct buf o = {0};
+	batch_json(&o, &b);
+	o.len--; /* reopen the object */
+	buf_adds(&o, ",\"results\":[");
+	struct results_out ro = {.o = &o};
+	if (store_futures(C.store, id, 0, -1, -1, on_result, &ro) < 0) {
+		buf_free(&o);
+		return db_error(r);
+	}
+	buf_adds(&o, "]}");
+	http_reply(r, 201, &o);
+}
 
 static int content_type_ok(struct http_req *r)
 {
@@ -451,16 +473,32 @@ static void post_batch(struct http_req *r)
 	if (http_woken(r) != WAKE_NONE) {
 		/* The turn's commit has happened (or the server is stopping). */
 		struct submitted *s = http_data(r);
-		if (http_woken(r) == WAKE_COMMIT && http_commit_ok(r)) {
-			char loc[64];
-			snprintf(loc, sizeof loc, "/v1/batches/%lld", (long long)s->b.id);
-			http_add_header(r, "Location", loc);
-			return reply_batch(r, 201, &s->b);
+		enum http_wake why = http_woken(r);
+		if (why == WAKE_COMMIT && !http_commit_ok(r))
+			return db_error(r);
+		if (why == WAKE_SHUTDOWN && !s->committed)
+			return db_error(r);
+		s->committed = 1;
+		char loc[64];
+		snprintf(loc, sizeof loc, "/v1/batches/%lld", (long long)s->b.id);
+		http_add_header(r, "Location", loc);
+		if (why == WAKE_COMMIT && s->wait > 0) {
+			/* POST ?wait=S: hold the answer until the batch is done. */
+			struct batch b;
+			if (store_batch_get(C.store, s->b.id, &b) == 1 && !batch_done(&b)) {
+				s->w = (struct wait){.batch = s->b.id, .index = -1};
+				return http_park(r, s->b.id, deadline_after(s->wait), batch_ready);
+			}
 		}
-		return db_error(r);
+		if (s->wait > 0)
+			return reply_with_results(r, s->b.id);
+		return reply_batch(r, 201, &s->b);
 	}
 	if (shutting_down)
 		return http_error(r, 503, "shutting_down", "the server is shutting down; retry later");
+	double wait = 0;
+	if (query_num(r, "wait", 0, MAX_WAIT_S, &wait) < 0)
+		return;
 	if (!content_type_ok(r))
 		return http_error(r, 415, "unsupported_media_type",
 				  "send the batch as JSON with Content-Type: application/json (got %s)",
@@ -476,6 +514,7 @@ static void post_batch(struct http_req *r)
 	if (!s)
 		abort();
 	http_set_data(r, s, free);
+	s->wait = wait;
 	const struct task_info *ti;
 	json_t *items;
 	if (validate(r, root, &s->b, &ti, &items) < 0) {
@@ -510,6 +549,89 @@ static void post_batch(struct http_req *r)
 	 * queued id finds no pending rows and drops out. */
 	pool_add_batch(&s->b);
 	http_park_commit(r);
+}
+
+/* ---- cancelling ---- */
+
+/* A cancel, answered once the turn's commit has made it durable. */
+struct cancel {
+	int64_t batch, index; /* index < 0: the whole batch */
+	int cancelled;	      /* for a future: whether it was cancelled */
+};
+
+static int after_commit(struct http_req *r)
+{
+	if (http_woken(r) == WAKE_NONE)
+		return 0;
+	if (http_woken(r) != WAKE_COMMIT || !http_commit_ok(r))
+		db_error(r);
+	return 1;
+}
+
+/* DELETE /v1/batches/{id}[?terminate=true] */
+static void cancel_batch(struct http_req *r, int64_t id)
+{
+	if (after_commit(r)) {
+		if (http_woken(r) == WAKE_COMMIT && http_commit_ok(r))
+			get_batch(r, id);
+		return;
+	}
+	const char *t = http_query(r, "terminate");
+	if (t && strcmp(t, "true") && strcmp(t, "false"))
+		return http_error(r, 400, "invalid_request",
+				  "query parameter terminate must be true or false, got \"%s\"", t);
+	struct batch b;
+	int found = store_batch_get(C.store, id, &b);
+	if (found < 0)
+		return db_error(r);
+	if (!found)
+		return http_error(r, 404, "not_found", "there is no batch %lld", (long long)id);
+	int n = store_cancel_pending(C.store, id, b.size, now_unix_ms());
+	if (n < 0)
+		return db_error(r);
+	int killed = t && !strcmp(t, "true") ? pool_terminate_batch(id) : 0;
+	log_info("batch_cancel", "batch=%lld cancelled=%d terminated_workers=%d", (long long)id, n, killed);
+	if (n > 0)
+		C.changed(id);
+	if (!store_dirty(C.store))
+		return reply_batch(r, 200, &b);
+	http_park_commit(r);
+}
+
+/* POST /v1/batches/{id}/futures/{i}/cancel: Future.cancel(). */
+static void cancel_future(struct http_req *r, int64_t id, int64_t index)
+{
+	struct cancel *c = http_data(r);
+	if (after_commit(r)) {
+		if (http_woken(r) == WAKE_COMMIT && http_commit_ok(r)) {
+			struct buf o = {0};
+			buf_printf(&o, "{\"cancelled\":%s}", c->cancelled ? "true" : "false");
+			http_reply(r, 200, &o);
+		}
+		return;
+	}
+	struct future_out fo = {0};
+	int found = store_future_get(C.store, id, index, on_future, &fo);
+	if (found < 0)
+		return db_error(r);
+	if (!found)
+		return http_error(r, 404, "not_found", "there is no future %lld of batch %lld",
+				  (long long)index, (long long)id);
+	int n = store_cancel_one(C.store, id, index, now_unix_ms());
+	if (n < 0)
+		return db_error(r);
+	c = calloc(1, sizeof *c);
+	if (!c)
+		abort();
+	*c = (struct cancel){.batch = id, .index = index, .cancelled = n == 1 || fo.cancelled};
+	http_set_data(r, c, free);
+	if (n == 1) {
+		C.changed(id);
+		return http_park_commit(r);
+	}
+	struct buf o = {0};
+	buf_printf(&o, "{\"cancelled\":%s}", c->cancelled ? "true" : "false");
+	http_reply(r, 200, &o);
 }
 
 /* ---- the rest ---- */
@@ -583,17 +705,23 @@ void api_handle(struct http_req *r)
 		if (id < 0)
 			return http_error(r, 404, "not_found", "there is no batch \"%.*s\"",
 					  (int)(slash ? slash - s : (long)strlen(s)), s);
-		if (!slash)
-			return get ? get_batch(r, id) : not_allowed(r, "GET");
+		if (!slash) {
+			if (!strcmp(m, "DELETE"))
+				return cancel_batch(r, id);
+			return get ? get_batch(r, id) : not_allowed(r, "GET, DELETE");
+		}
 		if (!strcmp(slash, "/results"))
 			return get ? get_results(r, id) : not_allowed(r, "GET");
 		static const char fut[] = "/futures/";
 		if (!strncmp(slash, fut, sizeof fut - 1)) {
-			const char *is = slash + sizeof fut - 1;
-			int64_t index = parse_id(is, strlen(is));
+			const char *is = slash + sizeof fut - 1, *tail = strchr(is, '/');
+			int64_t index = parse_id(is, tail ? (size_t)(tail - is) : strlen(is));
 			if (index < 0)
 				return http_error(r, 404, "not_found", "there is no future \"%s\"", is);
-			return get ? get_future(r, id, index) : not_allowed(r, "GET");
+			if (tail && !strcmp(tail, "/cancel"))
+				return !strcmp(m, "POST") ? cancel_future(r, id, index) : not_allowed(r, "POST");
+			if (!tail)
+				return get ? get_future(r, id, index) : not_allowed(r, "GET");
 		}
 	}
 	http_error(r, 404, "not_found", "no route for %s %s (the API is under /v1)", m, p);

@@ -11,6 +11,9 @@ struct api_config {
 	struct store *store;
 	int workers;	/* for the automatic chunk size */
 	long chunksize; /* when a batch gives none; 0: automatic */
+	/* Tells the loop that futures of a batch reached a final state, so its
+	 * waiters are looked at after the turn's commit. */
+	void (*changed)(int64_t batch);
 };
 
 void api_init(const struct api_config *c);

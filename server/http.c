@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,10 @@
 
 #define NBUCKETS 1024
 #define MAX_HEADERS 4
+/* MHD's memory per connection (request line, headers, the answer's headers;
+ * bodies are copied out). Its default of 32 KiB is touched on every
+ * connection: 16 KiB halves the cost of thousands of waiting clients. */
+#define CONN_MEMORY (16 * 1024)
 
 struct http_req {
 	struct MHD_Connection *con;
@@ -38,6 +43,11 @@ struct http_req {
 	int (*ready)(struct http_req *);
 	struct http_req *prev, *next; /* in a bucket, or the commit list */
 	struct loop_watch hup;	      /* the client's socket, for EPOLLRDHUP */
+	/* a streamed answer */
+	http_fill_fn fill;
+	struct buf sout; /* filled, not yet handed to MHD from sout_off on */
+	size_t sout_off;
+	int stream_end;
 	/* answer */
 	char *hdr_name[MAX_HEADERS], *hdr_value[MAX_HEADERS];
 	int nhdr;
@@ -56,6 +66,7 @@ static struct {
 	struct http_req *commit_list;
 	int64_t next_deadline; /* earliest parked deadline, or -1 (may be stale-early) */
 	int nparked;
+	int nstreams; /* streamed answers not yet completed */
 } H;
 
 static unsigned bucket_of(int64_t batch) { return (unsigned)((uint64_t)batch * 2654435761u) % NBUCKETS; }
@@ -89,7 +100,9 @@ static void wake(struct http_req *r, enum http_wake why)
 static void on_hup(struct loop_watch *w, uint32_t events)
 {
 	(void)events;
-	wake(w->arg, WAKE_GONE);
+	struct http_req *r = w->arg;
+	log_debug("client_gone", "url=\"%s\" msg=\"the client left a parked request\"", r->url);
+	wake(r, WAKE_GONE);
 }
 
 static void park(struct http_req *r)
@@ -108,8 +121,9 @@ void http_park(struct http_req *r, int64_t batch, int64_t deadline_ms, int (*rea
 {
 	if (H.quiescing) {
 		r->wake = WAKE_SHUTDOWN;
-		H.handler(r);
-		return;
+		if (!r->fill)
+			H.handler(r);
+		return; /* a stream's reader calls fill again at once */
 	}
 	r->batch = batch;
 	r->deadline_ms = deadline_ms;
@@ -122,7 +136,65 @@ void http_park(struct http_req *r, int64_t batch, int64_t deadline_ms, int (*rea
 	H.buckets[b] = r;
 	if (deadline_ms >= 0 && (H.next_deadline < 0 || deadline_ms < H.next_deadline))
 		H.next_deadline = deadline_ms;
+	log_debug("parked", "url=\"%s\" batch=%lld", r->url, (long long)batch);
 	park(r);
+}
+
+/* MHD asks for more of a streamed body. Hands over what is filled; when
+ * nothing is, asks the handler's fill for more, which either adds some, ends
+ * the stream, or parks the request (the connection is suspended until a wake,
+ * so returning 0 does not make MHD spin). */
+static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
+{
+	(void)pos;
+	struct http_req *r = cls;
+	for (;;) {
+		if (r->sout_off < r->sout.len) {
+			size_t n = r->sout.len - r->sout_off;
+			if (n > max)
+				n = max;
+			memcpy(out, r->sout.data + r->sout_off, n);
+			r->sout_off += n;
+			return (ssize_t)n;
+		}
+		if (r->stream_end)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		if (r->wake == WAKE_GONE)
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		buf_reset(&r->sout);
+		r->sout_off = 0;
+		r->stream_end = !r->fill(r, &r->sout);
+		r->wake = WAKE_NONE;
+		if (r->parked)
+			return 0;
+		if (!r->sout.len && !r->stream_end) {
+			log_error("http_stream", "url=\"%s\" msg=\"fill gave nothing and did not park\"", r->url);
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		}
+	}
+}
+
+void http_stream(struct http_req *r, unsigned status, const char *content_type, http_fill_fn fill)
+{
+	if (r->answered)
+		return;
+	r->answered = 1;
+	r->fill = fill;
+	metrics_http(status);
+	H.nstreams++;
+	struct MHD_Response *resp =
+	    MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, r, NULL);
+	if (!resp)
+		return;
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+	/* Proxies such as nginx would otherwise hold the stream back. */
+	MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+	for (int i = 0; i < r->nhdr; i++)
+		MHD_add_response_header(resp, r->hdr_name[i], r->hdr_value[i]);
+	if (MHD_queue_response(r->con, status, resp) != MHD_YES)
+		log_warn("http_queue", "status=%u url=\"%s\"", status, r->url);
+	MHD_destroy_response(resp);
 }
 
 void http_park_commit(struct http_req *r)
@@ -292,6 +364,9 @@ static void req_free(struct http_req *r)
 		H.nparked--;
 	}
 	buf_free(&r->body);
+	buf_free(&r->sout);
+	if (r->fill)
+		H.nstreams--;
 	for (int i = 0; i < r->nhdr; i++) {
 		free(r->hdr_name[i]);
 		free(r->hdr_value[i]);
@@ -358,9 +433,12 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 {
 	(void)cls;
 	(void)con;
-	(void)toe;
-	if (*con_cls)
-		req_free(*con_cls);
+	struct http_req *r = *con_cls;
+	if (r && r->fill)
+		log_debug("stream_end", "url=\"%s\" complete=%s", r->url,
+			  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "true" : "false");
+	if (r)
+		req_free(r);
 	*con_cls = NULL;
 }
 
@@ -410,6 +488,7 @@ int http_start(const char *listen, size_t max_body, unsigned conn_limit, http_ha
 			       NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 			       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_CONNECTION_LIMIT,
 			       conn_limit, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+			       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
 			       MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!H.d) {
@@ -446,6 +525,12 @@ void http_stop(void)
 		return;
 	http_quiesce();
 	MHD_run(H.d); /* deliver the answers of the woken requests */
+	/* Streams end with a last line; give them a moment to get it out. */
+	for (int i = 0; i < 200 && H.nstreams > 0; i++) {
+		struct pollfd pfd = {.fd = H.watch.fd, .events = POLLIN};
+		poll(&pfd, 1, 10);
+		MHD_run(H.d);
+	}
 	loop_del(&H.watch);
 	MHD_stop_daemon(H.d);
 	H.d = NULL;

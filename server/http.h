@@ -58,6 +58,14 @@ void http_reply(struct http_req *r, unsigned status, struct buf *b);
 /* {"error": {"code": code, "message": ...}} */
 __attribute__((format(printf, 4, 5))) void http_error(struct http_req *r, unsigned status,
 						      const char *code, const char *fmt, ...);
+/* A streamed answer (chunked): fill(r, out) is called whenever the client
+ * can take more. It appends what is ready and returns 1 to go on, or 0 after
+ * the last bytes. When it has nothing yet it parks the request (http_park,
+ * from inside fill) and returns 1; once woken it is called again with
+ * http_woken saying why. A client that goes away ends the stream without a
+ * call. */
+typedef int (*http_fill_fn)(struct http_req *r, struct buf *out);
+void http_stream(struct http_req *r, unsigned status, const char *content_type, http_fill_fn fill);
 /* Adds a header to the answer that follows (copied). */
 void http_add_header(struct http_req *r, const char *name, const char *value);
 

@@ -287,7 +287,7 @@ int main(int argc, char **argv)
 	if (sig.fd < 0 || loop_add(&sig, EPOLLIN) < 0)
 		return 1;
 	metrics_init(store, cfg.db);
-	api_init(&(struct api_config){.store = store, .workers = (int)cfg.workers,
+	api_init(&(struct api_config){.store = store, .workers = (int)cfg.workers, .changed = on_change,
 				      .chunksize = cfg.chunksize});
 	struct pool_config pc = {.worker_path = wpath, .workers = (int)cfg.workers,
 				 .max_tasks_per_child = cfg.max_tasks};

@@ -55,6 +55,7 @@ struct worker {
 	int64_t *idx;
 	size_t n, done, cap;
 	int killed;       /* we killed it (timeout) */
+	int cancelled; /* killed by pool_terminate_batch: its items become cancelled */
 	int64_t kill_pos; /* the item that overran */
 	struct worker *next;
 };
@@ -457,7 +458,10 @@ static void settle_chunk(struct worker *w, int status)
 	int requeued = 0;
 	for (size_t pos = w->done; pos < w->n; pos++) {
 		int64_t idx = w->idx[pos];
-		if ((int64_t)pos != running || P.stopping || (w->killed && w->kill_pos != running)) {
+		if (w->cancelled) {
+			store_cancel_running(P.store, w->batch, idx, now);
+			P.on_change(w->batch);
+		} else if ((int64_t)pos != running || P.stopping || (w->killed && w->kill_pos != running)) {
 			store_requeue(P.store, w->batch, idx);
 			requeued++;
 		} else if (w->killed) {
@@ -516,6 +520,7 @@ static void reap(int block)
 		describe_status(status, how, sizeof how);
 		const char *reason = w->state == W_RETIRING ? "max_tasks"
 				     : P.stopping	      ? "shutdown"
+				     : w->cancelled	      ? "cancelled"
 				     : w->killed	      ? "timeout"
 				     : w->state == W_STARTING ? "start_failed"
 							      : "died";
@@ -545,7 +550,7 @@ int64_t pool_tick(void)
 {
 	int64_t next = -1, now_ns = now_mono_ns();
 	for (struct worker *w = P.workers; w; w = w->next) {
-		if (w->state != W_BUSY || w->timeout_ns <= 0 || w->killed)
+		if (w->state != W_BUSY || w->timeout_ns <= 0 || w->killed || w->cancelled)
 			continue;
 		uint32_t item = atomic_load_explicit(&w->prog->item, memory_order_acquire);
 		int64_t started = atomic_load_explicit(&w->prog->started_ns, memory_order_relaxed);
@@ -595,6 +600,27 @@ void pool_workers(void (*fn)(void *arg, const struct pool_worker_info *w), void 
 		}
 		fn(arg, &i);
 	}
+}
+
+int pool_terminate_batch(int64_t batch)
+{
+	int n = 0;
+	for (struct worker *w = P.workers; w; w = w->next) {
+		if (w->state != W_BUSY || w->batch != batch || w->cancelled || w->done == w->n)
+			continue;
+		w->cancelled = 1;
+		kill(w->pid, SIGKILL);
+		/* Its items are cancelled now, not when it is reaped: the answer
+		 * to the cancel shows them so, and results still in flight
+		 * find them no longer running. */
+		int64_t now = now_unix_ms();
+		for (size_t pos = w->done; pos < w->n; pos++)
+			store_cancel_running(P.store, w->batch, w->idx[pos], now);
+		P.on_change(batch);
+		log_info("worker_terminate", "pid=%d batch=%lld", (int)w->pid, (long long)batch);
+		n++;
+	}
+	return n;
 }
 
 int pool_ready(void)

@@ -47,6 +47,10 @@ struct pool_worker_info {
 };
 /* Calls fn for every worker process (retiring ones too), newest first. */
 void pool_workers(void (*fn)(void *arg, const struct pool_worker_info *w), void *arg);
+/* Kills the workers running items of the batch (cancel with terminate);
+ * their unfinished items become cancelled at once, and the workers are
+ * replaced. Returns how many were killed. */
+int pool_terminate_batch(int64_t batch);
 /* Workers ready for work (started and not dying). */
 int pool_ready(void);
 /* Stops every worker; items they were running go back to pending. */

@@ -44,6 +44,9 @@ enum stmt_id {
 	S_REQUEUE,
 	S_COUNTS,
 	S_SET_SEQ,
+	S_CANCEL_PENDING,
+	S_CANCEL_ONE,
+	S_CANCEL_RUNNING,
 	S_NSTMTS
 };
 
@@ -89,6 +92,13 @@ static const char *const sql[S_NSTMTS] = {
 		 " finished_at = CASE WHEN finished_at IS NULL AND n_pending + ?2 + n_running + ?3 = 0"
 		 " THEN ?7 ELSE finished_at END WHERE id = ?1",
     [S_SET_SEQ] = "UPDATE meta SET value = ?1 WHERE key = 'done_seq'",
+    /* Each cancelled future gets its own completion cursor, ?2 + idx. */
+    [S_CANCEL_PENDING] = "UPDATE futures SET state = 4, finished_at = ?3, done_seq = ?2 + idx"
+			 " WHERE batch_id = ?1 AND state = 0",
+    [S_CANCEL_ONE] = "UPDATE futures SET state = 4, finished_at = ?4, done_seq = ?3"
+		     " WHERE batch_id = ?1 AND idx = ?2 AND state = 0",
+    [S_CANCEL_RUNNING] = "UPDATE futures SET state = 4, finished_at = ?4, done_seq = ?3"
+			 " WHERE batch_id = ?1 AND idx = ?2 AND state = 1",
 };
 
 struct delta {
@@ -615,6 +625,58 @@ int store_requeue(struct store *s, int64_t batch, int64_t idx)
 	if (sqlite3_changes(s->db) == 1)
 		move_count(s, batch, FS_RUNNING, FS_PENDING, 1);
 	return 0;
+}
+
+int store_cancel_pending(struct store *s, int64_t batch, int64_t size, int64_t now_ms)
+{
+	if (begin(s) < 0)
+		return -1;
+	sqlite3_stmt *st = s->st[S_CANCEL_PENDING];
+	int64_t base = s->done_seq + 1;
+	sqlite3_bind_int64(st, 1, batch);
+	sqlite3_bind_int64(st, 2, base);
+	sqlite3_bind_int64(st, 3, now_ms);
+	if (run(s, S_CANCEL_PENDING) < 0)
+		return -1;
+	int64_t n = sqlite3_changes64(s->db);
+	if (n > 0) {
+		s->done_seq = base + size; /* past every cursor just given */
+		s->now_ms = now_ms;
+		move_count(s, batch, FS_PENDING, FS_CANCELLED, n);
+	}
+	return (int)(n > INT32_MAX ? INT32_MAX : n);
+}
+
+/* Moves one future from state `from` to cancelled. 1, 0 (not in that
+ * state) or -1. */
+static int cancel_one(struct store *s, enum stmt_id id, enum fstate from, int64_t batch, int64_t idx,
+		      int64_t now_ms)
+{
+	if (begin(s) < 0)
+		return -1;
+	sqlite3_stmt *st = s->st[id];
+	sqlite3_bind_int64(st, 1, batch);
+	sqlite3_bind_int64(st, 2, idx);
+	sqlite3_bind_int64(st, 3, s->done_seq + 1);
+	sqlite3_bind_int64(st, 4, now_ms);
+	if (run(s, id) < 0)
+		return -1;
+	if (sqlite3_changes(s->db) != 1)
+		return 0;
+	s->done_seq++;
+	s->now_ms = now_ms;
+	move_count(s, batch, from, FS_CANCELLED, 1);
+	return 1;
+}
+
+int store_cancel_one(struct store *s, int64_t batch, int64_t idx, int64_t now_ms)
+{
+	return cancel_one(s, S_CANCEL_ONE, FS_PENDING, batch, idx, now_ms);
+}
+
+int store_cancel_running(struct store *s, int64_t batch, int64_t idx, int64_t now_ms)
+{
+	return cancel_one(s, S_CANCEL_RUNNING, FS_RUNNING, batch, idx, now_ms);
 }
 
 struct sqlite3 *store_sqlite(struct store *s) { return s ? s->db : NULL; }

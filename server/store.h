@@ -99,6 +99,15 @@ int store_fail(struct store *s, int64_t batch, int64_t idx, enum ferr type, cons
  * attempt is not counted). */
 int store_requeue(struct store *s, int64_t batch, int64_t idx);
 
+/* Cancelling. store_cancel_pending cancels every pending future of the batch
+ * (size is its size) and returns how many, or -1; store_cancel_one cancels
+ * one future if it is pending, store_cancel_running one that is running (its
+ * worker was killed for it): 1 done, 0 not in that state, -1 error. Each
+ * cancelled future becomes done, with a completion cursor. */
+int store_cancel_pending(struct store *s, int64_t batch, int64_t size, int64_t now_ms);
+int store_cancel_one(struct store *s, int64_t batch, int64_t idx, int64_t now_ms);
+int store_cancel_running(struct store *s, int64_t batch, int64_t idx, int64_t now_ms);
+
 /* The connection itself, for the modules that keep the database in shape
  * rather than read or write futures: retention.c (deletes expired batches in
  * its own small transactions, only while !store_dirty) and metrics.c (reads

@@ -1,15 +1,19 @@
 /* client.c - the API tests' server launcher and HTTP client (see client.h). */
 #include "client.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -378,4 +382,116 @@ json_t *results(const struct server *s, int64_t id)
 	json_t *res = json_incref(jget(r.json, "results"));
 	resp_free(&r);
 	return res;
+}
+
+/* ---- raw connections ---- */
+
+struct rawconn *raw_get(const struct server *s, const char *path, const char *headers)
+{
+	struct rawconn *c = calloc(1, sizeof *c);
+	if (!c)
+		abort();
+	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port)};
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&a, sizeof a) < 0)
+		FAILF("connect to port %d: %s", s->port, strerror(errno));
+	char req[2048];
+	int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n%s\r\n", path,
+			 headers ? headers : "");
+	if (write(c->fd, req, (size_t)n) != n)
+		FAILF("write: %s", strerror(errno));
+	return c;
+}
+
+/* Reads more into c->buf; 0 at EOF. */
+static int raw_fill(struct rawconn *c, int64_t deadline_ms)
+{
+	if (c->len == sizeof c->buf)
+		FAILF("a line longer than %zu bytes", sizeof c->buf);
+	for (;;) {
+		int64_t left = deadline_ms - harness_now_ms();
+		if (left <= 0)
+			FAILF("no data from the server in time");
+		struct pollfd p = {.fd = c->fd, .events = POLLIN};
+		int r = poll(&p, 1, (int)left);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			continue;
+		ssize_t n = read(c->fd, c->buf + c->len, sizeof c->buf - c->len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return 0; /* reset: the end */
+		c->len += (size_t)n;
+		return n > 0;
+	}
+}
+
+static char *take_line(struct rawconn *c)
+{
+	char *nl = memchr(c->buf, '\n', c->len);
+	if (!nl)
+		return NULL;
+	size_t n = (size_t)(nl - c->buf);
+	char *line = strndup(c->buf, n && c->buf[n - 1] == '\r' ? n - 1 : n);
+	memmove(c->buf, nl + 1, c->len - n - 1);
+	c->len -= n + 1;
+	return line;
+}
+
+int raw_headers(struct rawconn *c, int64_t deadline_ms)
+{
+	char *line;
+	for (;;) {
+		while (!(line = take_line(c)))
+			if (!raw_fill(c, deadline_ms))
+				FAILF("the connection ended inside the headers");
+		if (!c->status) {
+			if (sscanf(line, "HTTP/%*s %d", &c->status) != 1)
+				FAILF("bad status line: %s", line);
+		} else if (!*line) {
+			free(line);
+			return c->status;
+		}
+		free(line);
+	}
+}
+
+char *raw_line(struct rawconn *c, int64_t deadline_ms)
+{
+	char *line;
+	while (!(line = take_line(c))) {
+		if (!raw_fill(c, deadline_ms)) {
+			if (c->len == 0)
+				return NULL;
+			line = strndup(c->buf, c->len); /* a last line without "\n" */
+			c->len = 0;
+			return line;
+		}
+	}
+	return line;
+}
+
+void raw_close(struct rawconn *c)
+{
+	if (!c)
+		return;
+	close(c->fd);
+	free(c);
+}
+
+long server_rss_kib(const struct server *s)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/%d/status", (int)s->pid);
+	FILE *f = fopen(path, "r");
+	long kib = -1;
+	while (f && fgets(line, sizeof line, f))
+		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kib;
 }

@@ -72,3 +72,23 @@ const char *jstr(const json_t *o, const char *key);
 json_t *jget(const json_t *o, const char *key);
 
 #endif
+
+/* A raw HTTP/1.0 connection, for streams and many concurrent requests: the
+ * answer's body is read as it comes (no chunked coding under HTTP/1.0). */
+struct rawconn {
+	int fd;
+	int status; /* of the answer, once raw_headers read it */
+	char buf[65536];
+	size_t len;
+};
+/* Connects and sends a GET with the extra header lines (each ending in
+ * "\r\n"; may be NULL). */
+struct rawconn *raw_get(const struct server *s, const char *path, const char *headers);
+/* Reads the status line and headers; returns the status. */
+int raw_headers(struct rawconn *c, int64_t deadline_ms);
+/* The next line of the body without its "\n" (malloc'd), or NULL at the end
+ * of the answer. Fails the test at the deadline. */
+char *raw_line(struct rawconn *c, int64_t deadline_ms);
+void raw_close(struct rawconn *c);
+/* The server's resident set size in KiB (from /proc). */
+long server_rss_kib(const struct server *s);
