@@ -1,6 +1,8 @@
 # forkpool: `make` builds build/forkpoold and build/forkpool-worker;
 # `make run` serves the API on 127.0.0.1:8080; `make test` runs every test;
-# `make check` runs them again under ASan+UBSan (in build/check).
+# `make check` runs them again under ASan+UBSan (in build/check);
+# `make examples` builds the example plugin and tasks files into $(BUILD)/examples;
+# `make install` puts the programs and include/forkpool.h under PREFIX.
 
 BUILD   ?= build
 CC      ?= cc
@@ -12,7 +14,7 @@ WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototyp
 # CFLAGS is the user's (make CFLAGS=-O0 keeps working); what the build needs
 # is in FP_CFLAGS, so a command-line CFLAGS cannot drop it.
 CFLAGS  ?= -O2 -g
-FP_CFLAGS = -std=gnu11 $(WARN) -D_GNU_SOURCE -Icommon -Iserver -Iworker $(SAN)
+FP_CFLAGS = -std=gnu11 $(WARN) -D_GNU_SOURCE -Icommon -Iserver -Iworker -Iinclude $(SAN)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDFLAGS += $(SAN)
@@ -28,7 +30,7 @@ SERVER = $(BUILD)/forkpoold
 WORKER = $(BUILD)/forkpool-worker
 TESTS  = $(BUILD)/forkpool-tests
 
-.PHONY: all deps run test check clean
+.PHONY: all deps run test check clean examples install
 all: $(SERVER) $(WORKER)
 
 $(BUILD)/obj/%.o: %.c
@@ -46,6 +48,36 @@ $(WORKER): $(call obj,worker/main.c $(WORKER_SRC) $(COMMON_SRC))
 
 $(TESTS): $(call obj,$(TEST_SRC) $(SERVER_SRC) $(WORKER_SRC) $(COMMON_SRC))
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(shell pkg-config --libs libcurl 2>/dev/null) -lm
+
+# Plugins are built the way docs/plugins.md tells users to build theirs.
+EXAMPLES     = $(patsubst %.c,$(BUILD)/%.so,$(wildcard examples/*.c)) \
+               $(addprefix $(BUILD)/,$(filter-out %.c,$(wildcard examples/*)))
+TEST_PLUGINS = $(patsubst tests/plugins/%.c,$(BUILD)/test-plugins/%.so,$(wildcard tests/plugins/*.c))
+PLUGIN_BUILD = $(CC) $(CFLAGS) $(FP_CFLAGS) $(PKG_CFLAGS) -fPIC -shared -o $@ $< $(LDFLAGS) \
+               $(shell pkg-config --libs jansson 2>/dev/null)
+
+examples: $(EXAMPLES)
+
+$(BUILD)/examples/%.so: examples/%.c include/forkpool.h
+	@mkdir -p $(dir $@)
+	$(PLUGIN_BUILD)
+
+# The tasks files and their programs, beside the plugin (cwd defaults to a
+# tasks file's directory).
+$(BUILD)/examples/%: examples/%
+	@mkdir -p $(dir $@)
+	cp -p $< $@
+
+$(BUILD)/test-plugins/%.so: tests/plugins/%.c include/forkpool.h
+	@mkdir -p $(dir $@)
+	$(PLUGIN_BUILD)
+
+PREFIX ?= /usr/local
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/doc/forkpool
+	install -m 755 $(SERVER) $(WORKER) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 include/forkpool.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 docs/plugins.md $(DESTDIR)$(PREFIX)/share/doc/forkpool/
 
 # Installs the Debian packages the build needs, when they are missing.
 deps:
@@ -68,7 +100,7 @@ run: deps
 	./$(SERVER) --listen 127.0.0.1:8080 --db ./data/forkpool.db
 
 test: deps
-	@$(MAKE) --no-print-directory all $(TESTS)
+	@$(MAKE) --no-print-directory all $(TESTS) examples $(TEST_PLUGINS)
 	FORKPOOL_BIN_DIR=$(BUILD) ./$(TESTS) $(T)
 
 check: deps

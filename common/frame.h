@@ -16,6 +16,10 @@
  *                                    than 64 bits)
  *     E <pos> <micros> <json-str>\n  item <pos> failed (task_error); the message
  *                                    as a JSON string
+ *     F <json-str>\n                 sent instead of the hello: the worker cannot
+ *                                    serve (a plugin's initializer failed, ...);
+ *                                    the message says why, and the worker exits
+ *                                    with status WORKER_EXIT_CONFIG
  *
  * The worker runs the items of a chunk in order and reports each one; a chunk is
  * done when n records have come back. JSON text never holds a raw newline, so a
@@ -39,6 +43,9 @@
 /* The worker's fds: the socket, and the progress page. */
 #define WORKER_SOCK_FD 3
 #define WORKER_PROGRESS_FD 4
+/* The worker's exit status when its configuration (plugins, tasks files)
+ * keeps it from serving. */
+#define WORKER_EXIT_CONFIG 3
 
 struct progress {
 	_Atomic uint32_t item;     /* 1 + position of the item running; 0 = none yet */

@@ -669,8 +669,18 @@ static void healthz(struct http_req *r)
 {
 	struct buf o = {0};
 	int ready = pool_ready();
-	buf_printf(&o, "{\"status\":\"%s\",\"workers\":%d}", shutting_down ? "shutting_down" : "ok", ready);
-	http_reply(r, shutting_down ? 503 : 200, &o);
+	const char *why = shutting_down ? NULL : pool_health_reason();
+	buf_printf(&o, "{\"status\":\"%s\",\"workers\":%d", shutting_down ? "shutting_down"
+							     : why	   ? "workers_failing"
+									   : "ok",
+		   ready);
+	if (why) {
+		/* Workers cannot start (a plugin's initializer fails): work waits. */
+		buf_adds(&o, ",\"reason\":");
+		buf_json_cstr(&o, why);
+	}
+	buf_addc(&o, '}');
+	http_reply(r, shutting_down || why ? 503 : 200, &o);
 }
 
 static void not_allowed(struct http_req *r, const char *allow)

@@ -8,10 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "buf.h"
+#include "frame.h"
 #include "log.h"
 
 extern char **environ;
@@ -65,6 +67,9 @@ static int parse(const char *text, size_t len, const char *path)
 		ti->nparams = (int)json_array_size(params);
 		ti->required = (int)json_integer_value(json_object_get(t, "required"));
 		ti->variadic = json_is_true(json_object_get(t, "variadic"));
+		ti->timeout = json_number_value(json_object_get(t, "timeout"));
+		const char *origin = json_string_value(json_object_get(t, "origin"));
+		ti->origin = origin ? strdup(origin) : NULL;
 		for (int k = 0; k < ti->nparams; k++) {
 			json_t *p = json_array_get(params, (size_t)k);
 			const char *pn = json_string_value(json_object_get(p, "name"));
@@ -93,21 +98,74 @@ static int parse(const char *text, size_t len, const char *path)
 	return 0;
 }
 
-int catalog_load(const char *worker_path)
+/* Logs what the worker said on stderr, one event per line: a configuration
+ * problem when it failed, else warnings. */
+static void log_stderr(int fd, int failed)
+{
+	struct buf b = {0};
+	char tmp[4096];
+	ssize_t n;
+	lseek(fd, 0, SEEK_SET);
+	while ((n = read(fd, tmp, sizeof tmp)) > 0 && b.len < 65536)
+		buf_add(&b, tmp, (size_t)n);
+	for (char *line = b.data, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+		nl = strchr(line, '\n');
+		if (nl)
+			*nl = '\0';
+		static const char prefix[] = "forkpool-worker: ";
+		if (!strncmp(line, prefix, sizeof prefix - 1))
+			line += sizeof prefix - 1;
+		if (!*line)
+			continue;
+		/* logfmt: the message quoted, its quotes and backslashes escaped */
+		struct buf q = {0};
+		for (const char *c = line; *c; c++) {
+			if (*c == '"' || *c == '\\')
+				buf_addc(&q, '\\');
+			buf_addc(&q, *c);
+		}
+		if (failed)
+			log_error("config", "msg=\"%s\"", q.data);
+		else
+			log_warn("worker_stderr", "msg=\"%s\"", q.data);
+		buf_free(&q);
+	}
+	buf_free(&b);
+}
+
+int catalog_load(const char *worker_path) { return catalog_load_with(worker_path, NULL); }
+
+int catalog_load_with(const char *worker_path, char *const *extra)
 {
 	int pfd[2];
 	if (pipe2(pfd, O_CLOEXEC) < 0)
 		return -1;
+	/* Its stderr goes to a file we read after it ends (a pipe could fill). */
+	int efd = memfd_create("forkpool-describe-stderr", MFD_CLOEXEC);
 	posix_spawn_file_actions_t fa;
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
-	char *argv[] = {(char *)worker_path, "--describe", NULL};
+	if (efd >= 0)
+		posix_spawn_file_actions_adddup2(&fa, efd, 2);
+	size_t nextra = 0;
+	while (extra && extra[nextra])
+		nextra++;
+	char **argv = calloc(nextra + 3, sizeof *argv);
+	if (!argv)
+		abort();
+	argv[0] = (char *)worker_path;
+	for (size_t i = 0; i < nextra; i++)
+		argv[i + 1] = extra[i];
+	argv[nextra + 1] = "--describe";
 	pid_t pid;
 	int rc = posix_spawn(&pid, worker_path, &fa, NULL, argv, environ);
+	free(argv);
 	posix_spawn_file_actions_destroy(&fa);
 	close(pfd[1]);
 	if (rc != 0) {
 		close(pfd[0]);
+		if (efd >= 0)
+			close(efd);
 		log_error("catalog", "worker=\"%s\" msg=\"cannot run it: %s\"", worker_path, strerror(rc));
 		return -1;
 	}
@@ -126,8 +184,16 @@ int catalog_load(const char *worker_path)
 	int status = 0;
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-		if (WIFSIGNALED(status))
+	int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+	if (efd >= 0) {
+		log_stderr(efd, !ok);
+		close(efd);
+	}
+	if (!ok) {
+		if (WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_CONFIG)
+			log_error("catalog", "worker=\"%s\" msg=\"the plugins or tasks files above are "
+					     "not usable; fix them and start again\"", worker_path);
+		else if (WIFSIGNALED(status))
 			log_error("catalog", "worker=\"%s\" msg=\"--describe was killed by signal %d\"",
 				  worker_path, WTERMSIG(status));
 		else
@@ -138,8 +204,12 @@ int catalog_load(const char *worker_path)
 	}
 	rc = parse(out.data ? out.data : "", out.len, worker_path);
 	buf_free(&out);
-	if (rc == 0)
-		log_info("catalog", "worker=\"%s\" tasks=%d", worker_path, ntasks);
+	if (rc == 0) {
+		int added = 0;
+		for (int i = 0; i < ntasks; i++)
+			added += tasks[i].origin != NULL;
+		log_info("catalog", "worker=\"%s\" tasks=%d added=%d", worker_path, ntasks, added);
+	}
 	return rc;
 }
 
@@ -147,6 +217,7 @@ void catalog_free(void)
 {
 	for (int i = 0; i < ntasks; i++) {
 		free(tasks[i].doc);
+		free(tasks[i].origin);
 		for (int k = 0; k < tasks[i].nparams; k++)
 			free(tasks[i].params[k].name);
 	}

@@ -1,6 +1,7 @@
 /* catalog.h - the tasks the workers can run, as the worker program describes
- * them (`forkpool-worker --describe`), and the checks of an item's arguments
- * against them, made before a batch is accepted. */
+ * them (`forkpool-worker [--plugin ...] [--tasks-file ...] --describe`), and
+ * the checks of an item's arguments against them, made before a batch is
+ * accepted. */
 #ifndef FORKPOOL_CATALOG_H
 #define FORKPOOL_CATALOG_H
 
@@ -16,6 +17,8 @@ struct task_info {
 	char name[TASK_NAME_MAX];
 	char *doc;
 	int nparams, required, variadic;
+	double timeout; /* seconds per item the task itself allows; 0: none */
+	char *origin;	/* "plugin /x.so", "tasks file /t.json"; NULL: built in */
 	struct {
 		char *name;
 		enum ptype type;
@@ -27,6 +30,11 @@ extern const char *const ptype_names[];
 /* Runs `worker --describe` and loads its answer. 0, or -1 with the reason
  * logged. */
 int catalog_load(const char *worker_path);
+/* The same with the worker's extension arguments (NULL-terminated, such as
+ * {"--plugin", "x.so", NULL}) before --describe. A worker that finds its
+ * extensions broken says what and where on stderr; that is logged (event
+ * config) and this returns -1. */
+int catalog_load_with(const char *worker_path, char *const *extra);
 void catalog_free(void);
 const struct task_info *catalog_find(const char *name);
 int catalog_count(void);

@@ -26,10 +26,17 @@
 #include "pool.h"
 #include "store.h"
 
+#define MAX_EXTENSIONS 64
+
 struct config {
 	const char *listen, *db, *sync, *worker, *log_level;
 	long workers, max_tasks, chunksize;
 	size_t max_body;
+	/* --plugin and --tasks-file in order, as the workers' arguments
+	 * ("--plugin", spec, ...), NULL-terminated */
+	char *wargs[2 * MAX_EXTENSIONS + 1];
+	int nwargs;
+	int ext_flags; /* bit k: a flag of kind k was given (its env values are dropped) */
 };
 
 static const char usage[] =
@@ -47,11 +54,15 @@ static const char usage[] =
     "                             (default normal)\n"
     "  --max-body BYTES           largest request body, K/M/G suffixes allowed (default 64M)\n"
     "  --worker PATH              the worker program (default: forkpool-worker beside forkpoold)\n"
+    "  --plugin PATH.so[=JSON]    a C plugin every worker loads; JSON is the argument of its\n"
+    "                             initializer (repeatable; see docs/plugins.md)\n"
+    "  --tasks-file PATH          tasks that run programs, from a JSON file (repeatable)\n"
     "  --log-level LEVEL          debug, info, warn or error (default info)\n"
     "  --help                     this text\n"
     "\n"
     "Each option can also be set in the environment as FORKPOOL_<NAME> (FORKPOOL_LISTEN,\n"
-    "FORKPOOL_MAX_TASKS_PER_CHILD, ...); a flag wins over the environment.\n";
+    "FORKPOOL_MAX_TASKS_PER_CHILD, ...); a flag wins over the environment. FORKPOOL_PLUGIN and\n"
+    "FORKPOOL_TASKS_FILE may hold several values, one per line.\n";
 
 static const struct option longopts[] = {
     {"listen", required_argument, NULL, 'l'},
@@ -63,6 +74,8 @@ static const struct option longopts[] = {
     {"max-body", required_argument, NULL, 'b'},
     {"worker", required_argument, NULL, 'W'},
     {"log-level", required_argument, NULL, 'L'},
+    {"plugin", required_argument, NULL, 'P'},
+    {"tasks-file", required_argument, NULL, 'T'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -111,6 +124,33 @@ static int parse_size(const char *name, const char *v, size_t *out)
 	return 0;
 }
 
+static int from_env; /* apply() is reading the environment */
+
+/* Adds a --plugin or --tasks-file (kind 0 or 1) for the workers. The first
+ * flag of a kind drops the values of that kind taken from the environment. */
+static int add_extension(struct config *c, int kind, const char *v)
+{
+	const char *flag = kind ? "--tasks-file" : "--plugin";
+	if (!from_env && !(c->ext_flags & (1 << kind))) {
+		c->ext_flags |= 1 << kind;
+		int n = 0;
+		for (int i = 0; i < c->nwargs; i += 2)
+			if (strcmp(c->wargs[i], flag)) {
+				c->wargs[n++] = c->wargs[i];
+				c->wargs[n++] = c->wargs[i + 1];
+			}
+		c->nwargs = n;
+	}
+	if (c->nwargs >= 2 * MAX_EXTENSIONS)
+		return bad_value(flag + 2, v, "too many plugins and tasks files");
+	if (!*v)
+		return bad_value(flag + 2, v, "expected a path");
+	c->wargs[c->nwargs++] = (char *)flag;
+	c->wargs[c->nwargs++] = (char *)v;
+	c->wargs[c->nwargs] = NULL;
+	return 0;
+}
+
 /* Applies one option (from the command line or the environment). */
 static int apply(struct config *c, int opt, const char *name, const char *v)
 {
@@ -127,6 +167,19 @@ static int apply(struct config *c, int opt, const char *name, const char *v)
 		return 0;
 	case 'b': return parse_size(name, v, &c->max_body);
 	case 'W': c->worker = v; return 0;
+	case 'P':
+	case 'T':
+		if (!from_env)
+			return add_extension(c, opt == 'T', v);
+		/* In the environment, one value per line. */
+		for (const char *line = v; *line;) {
+			const char *nl = strchr(line, '\n');
+			size_t len = nl ? (size_t)(nl - line) : strlen(line);
+			if (len && add_extension(c, opt == 'T', strndup(line, len)) < 0)
+				return -1;
+			line += len + (nl != NULL);
+		}
+		return 0;
 	case 'L':
 		if (log_set_level(v) < 0)
 			return bad_value(name, v, "expected debug, info, warn or error");
@@ -152,7 +205,10 @@ static int configure(struct config *c, int argc, char **argv)
 			strncat(env, &ch, 1);
 		}
 		const char *v = getenv(env);
-		if (v && *v && apply(c, o->val, o->name, v) < 0) {
+		from_env = 1;
+		int bad = v && *v && apply(c, o->val, o->name, v) < 0;
+		from_env = 0;
+		if (bad) {
 			fprintf(stderr, "forkpoold: (from %s)\n", env);
 			return -1;
 		}
@@ -278,7 +334,18 @@ int main(int argc, char **argv)
 	const char *wpath = worker_path(cfg.worker);
 	log_info("start", "pid=%d db=\"%s\" workers=%ld max_tasks_per_child=%ld sync=%s worker=\"%s\"",
 		 (int)getpid(), cfg.db, cfg.workers, cfg.max_tasks, cfg.sync, wpath);
-	if (loop_init() < 0 || catalog_load(wpath) < 0)
+	for (int i = 0; i < cfg.nwargs; i += 2) {
+		char v[1024]; /* logfmt: the value's own quotes become \" */
+		size_t n = 0;
+		for (const char *c = cfg.wargs[i + 1]; *c && n < sizeof v - 3; c++) {
+			if (*c == '"' || *c == '\\')
+				v[n++] = '\\';
+			v[n++] = *c;
+		}
+		v[n] = '\0';
+		log_info("extension", "kind=%s value=\"%s\"", cfg.wargs[i] + 2, v);
+	}
+	if (loop_init() < 0 || catalog_load_with(wpath, cfg.wargs) < 0)
 		return 1;
 	struct store *store = store_open(cfg.db, !strcmp(cfg.sync, "full"));
 	if (!store)
@@ -290,7 +357,7 @@ int main(int argc, char **argv)
 	api_init(&(struct api_config){.store = store, .workers = (int)cfg.workers, .changed = on_change,
 				      .chunksize = cfg.chunksize});
 	struct pool_config pc = {.worker_path = wpath, .workers = (int)cfg.workers,
-				 .max_tasks_per_child = cfg.max_tasks};
+				 .max_tasks_per_child = cfg.max_tasks, .worker_args = cfg.wargs};
 	if (pool_start(store, &pc, on_change) < 0) {
 		log_error("pool", "msg=\"no worker could be started\"");
 		return 1;

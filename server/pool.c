@@ -24,6 +24,7 @@
 #include <jansson.h>
 
 #include "buf.h"
+#include "catalog.h"
 #include "frame.h"
 #include "log.h"
 #include "loop.h"
@@ -57,6 +58,7 @@ struct worker {
 	int killed;       /* we killed it (timeout) */
 	int cancelled; /* killed by pool_terminate_batch: its items become cancelled */
 	int64_t kill_pos; /* the item that overran */
+	char *fatal;      /* why it cannot serve (its F record), or NULL */
 	struct worker *next;
 };
 
@@ -78,6 +80,7 @@ static struct {
 	int stopping;
 	int failures;       /* consecutive deaths before hello */
 	int64_t respawn_at; /* monotonic ms; 0: none due */
+	char health[512];   /* why the last worker could not start; "": it could */
 	struct buf chunk;   /* scratch for building chunk frames */
 } P;
 
@@ -170,9 +173,20 @@ static int spawn_worker(void)
 					  POSIX_SPAWN_SETPGROUP);
 	char ppid[24];
 	snprintf(ppid, sizeof ppid, "%d", (int)getpid());
-	char *argv[] = {(char *)P.cfg.worker_path, "--parent", ppid, NULL};
+	size_t nextra = 0;
+	while (P.cfg.worker_args && P.cfg.worker_args[nextra])
+		nextra++;
+	char **argv = calloc(nextra + 4, sizeof *argv);
+	if (!argv)
+		abort();
+	argv[0] = (char *)P.cfg.worker_path;
+	for (size_t i = 0; i < nextra; i++)
+		argv[i + 1] = P.cfg.worker_args[i];
+	argv[nextra + 1] = "--parent";
+	argv[nextra + 2] = ppid;
 	pid_t pid;
 	int rc = posix_spawn(&pid, P.cfg.worker_path, &fa, &at, argv, environ);
+	free(argv);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&at);
 	close(sv[1]);
@@ -282,7 +296,16 @@ static void handle_record(struct worker *w, char *line, size_t len)
 		if (w->state == W_STARTING) {
 			w->state = W_IDLE;
 			P.failures = 0;
+			P.health[0] = '\0';
 		}
+		return;
+	}
+	if (line[0] == 'F' && line[1] == ' ' && w->state == W_STARTING) {
+		/* It cannot serve; it exits next, and the reap reports why. */
+		json_t *msg = json_loads(line + 2, JSON_DECODE_ANY, NULL);
+		free(w->fatal);
+		w->fatal = strdup(json_is_string(msg) ? json_string_value(msg) : line + 2);
+		json_decref(msg);
 		return;
 	}
 	if ((line[0] != 'R' && line[0] != 'E') || line[1] != ' ' || w->state != W_BUSY) {
@@ -367,8 +390,11 @@ static void worker_io(struct loop_watch *lw, uint32_t events)
 	struct worker *w = lw->arg;
 	if (events & EPOLLOUT)
 		flush_out(w);
-	if (w->watch.fd >= 0 && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !drain(w)) {
-		/* EOF: it is dying or dead. Make sure, and let the reap decide. */
+	if (w->watch.fd >= 0 && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !drain(w) &&
+	    w->state != W_RETIRING) {
+		/* EOF: it is dying or dead. Make sure, and let the reap decide. (A
+		 * worker retired by its last record exits on its own, running its
+		 * plugins' finalizers.) */
 		kill(w->pid, SIGKILL);
 	}
 }
@@ -399,7 +425,12 @@ static void send_chunk(struct worker *w, struct qbatch *q)
 	w->batch = q->id;
 	memcpy(w->task, q->task, sizeof w->task);
 	w->batch_created_ms = q->created_ms;
-	w->timeout_ns = (int64_t)(q->timeout * 1e9);
+	/* A task may bring its own limit (a tasks file's timeout): the lower wins. */
+	double timeout = q->timeout;
+	const struct task_info *ti = catalog_find(q->task);
+	if (ti && ti->timeout > 0 && (timeout <= 0 || ti->timeout < timeout))
+		timeout = ti->timeout;
+	w->timeout_ns = (int64_t)(timeout * 1e9);
 	w->n = (size_t)n;
 	w->done = 0;
 	w->killed = 0;
@@ -494,6 +525,7 @@ static void free_worker(struct worker *w)
 	buf_free(&w->out);
 	munmap(w->prog, 4096);
 	free(w->idx);
+	free(w->fatal);
 	free(w);
 }
 
@@ -534,7 +566,21 @@ static void reap(int block)
 			/* It could not even start: back off rather than spin. */
 			int64_t delay = BACKOFF_MIN_MS << (P.failures < 6 ? P.failures : 6);
 			P.failures++;
-			P.respawn_at = now_mono_ms() + (delay < BACKOFF_MAX_MS ? delay : BACKOFF_MAX_MS);
+			if (delay > BACKOFF_MAX_MS)
+				delay = BACKOFF_MAX_MS;
+			P.respawn_at = now_mono_ms() + delay;
+			if (w->fatal)
+				snprintf(P.health, sizeof P.health, "%s", w->fatal);
+			else
+				snprintf(P.health, sizeof P.health, "worker %d %s before it was ready",
+					 (int)pid, how);
+			char q[sizeof P.health]; /* for logfmt: no double quotes */
+			snprintf(q, sizeof q, "%s", P.health);
+			for (char *c = q; *c; c++)
+				if (*c == '"' || *c == '\n')
+					*c = '\'';
+			log_error("worker_start_failed", "pid=%d retry_in_ms=%lld msg=\"%s\"", (int)pid,
+				  (long long)delay, q);
 		}
 		free_worker(w);
 	}
@@ -622,6 +668,8 @@ int pool_terminate_batch(int64_t batch)
 	}
 	return n;
 }
+
+const char *pool_health_reason(void) { return P.health[0] ? P.health : NULL; }
 
 int pool_ready(void)
 {

@@ -17,6 +17,8 @@ struct pool_config {
 	const char *worker_path;
 	int workers;
 	int64_t max_tasks_per_child; /* 0: never recycle */
+	char *const *worker_args;    /* given to every worker before --parent (plugins,
+				      * tasks files); NULL-terminated, or NULL */
 };
 
 /* Called with a batch id when some of its items reached a final state. */
@@ -51,6 +53,9 @@ void pool_workers(void (*fn)(void *arg, const struct pool_worker_info *w), void 
  * their unfinished items become cancelled at once, and the workers are
  * replaced. Returns how many were killed. */
 int pool_terminate_batch(int64_t batch);
+/* Why workers cannot start (the last one to try failed: a plugin's
+ * initializer, say), or NULL while they can. Pending items wait meanwhile. */
+const char *pool_health_reason(void);
 /* Workers ready for work (started and not dying). */
 int pool_ready(void);
 /* Stops every worker; items they were running go back to pending. */

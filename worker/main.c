@@ -1,10 +1,19 @@
 /* main.c - forkpool-worker: runs the items of the chunks the server sends and
  * reports each one (the protocol is in common/frame.h).
  *
- *   forkpool-worker --describe              prints the task catalogue, exits 0
- *   forkpool-worker [--serve] [--parent PID]
+ *   forkpool-worker [EXT...] --describe        prints the task catalogue, exits 0
+ *   forkpool-worker [EXT...] [--serve] [--parent PID]
  *                                           serves chunks on fd 3, with the
  *                                           progress page on fd 4 (optional)
+ *   EXT: --plugin PATH.so[=INITARGS_JSON]   a C plugin's tasks (plugin.h)
+ *        --tasks-file PATH                  programs as tasks (program.h)
+ *
+ * Bad extensions (a plugin that does not load, a tasks file that is wrong)
+ * end either mode with status WORKER_EXIT_CONFIG and one line on stderr that
+ * says what and where. A serving worker then runs the plugins' initializers
+ * and starts the persistent programs before its hello; if that fails, it
+ * sends the reason as an F record instead (see frame.h) and exits the same
+ * way, so that the server can show it and retry.
  *
  * Two threads. The main thread reads chunk frames and runs the items one
  * after another, appending each finished item's record to the outbox. The
@@ -32,10 +41,11 @@
 
 #include "buf.h"
 #include "frame.h"
+#include "plugin.h"
+#include "program.h"
 #include "tasks.h"
 
 #define OUTBOX_WAIT_NS 1000000 /* how long a waiting record waits for company */
-#define TASK_NAME_LEN 64       /* longer names cannot be in the table */
 
 /* The outbox, shared by the two threads under mu. box always holds a frame
  * being filled: a length placeholder, then records; it is empty when it holds
@@ -133,6 +143,8 @@ static int start_sender(void)
 /* Sends what is left, stops the sender, frees everything, exits. */
 static __attribute__((noreturn)) void finish(int status)
 {
+	program_stop_all();
+	plugin_fini_all();
 	pthread_mutex_lock(&O.mu);
 	O.quit = true;
 	pthread_cond_signal(&O.cv);
@@ -257,6 +269,41 @@ static void close_extra_fds(void)
 		close(fd);
 }
 
+/* The extensions named on the command line, in order. */
+static const char **ext_args;
+static size_t next_args;
+
+static int load_extensions(struct buf *why)
+{
+	for (size_t i = 0; i < next_args; i += 2) {
+		int rc = !strcmp(ext_args[i], "--plugin") ? plugin_load(ext_args[i + 1], why)
+							  : program_load_file(ext_args[i + 1], why);
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* The worker cannot serve: says why to the server (an F record, in place of
+ * the hello) and on stderr, and exits. */
+static __attribute__((noreturn)) void cannot_serve(struct buf *why)
+{
+	struct buf f = {0};
+	size_t off = frame_begin(&f);
+	buf_adds(&f, "F ");
+	buf_json_str(&f, why->data, why->len);
+	buf_addc(&f, '\n');
+	frame_end(&f, off);
+	if (frame_write_all(WORKER_SOCK_FD, f.data, f.len) < 0) /* else the server logs it */
+		fprintf(stderr, "forkpool-worker: %s\n", why->data);
+	buf_free(&f);
+	buf_free(why);
+	program_stop_all();
+	plugin_fini_all();
+	fflush(stderr);
+	_exit(WORKER_EXIT_CONFIG);
+}
+
 static int serve(long parent)
 {
 	/* Never outlive the server: die with it, or now if it is already gone. */
@@ -267,7 +314,13 @@ static int serve(long parent)
 		return 1;
 	}
 	close_extra_fds();
+	/* Writes to a program that has gone fail with EPIPE instead. */
+	signal(SIGPIPE, SIG_IGN);
 	prog = map_progress();
+
+	struct buf why = {0};
+	if (load_extensions(&why) < 0 || plugin_init_all(&why) < 0 || program_start_all(&why) < 0)
+		cannot_serve(&why);
 
 	struct buf hello = {0};
 	size_t off = frame_begin(&hello);
@@ -302,6 +355,12 @@ static int serve(long parent)
 
 static int describe(void)
 {
+	struct buf why = {0};
+	if (load_extensions(&why) < 0) {
+		fprintf(stderr, "forkpool-worker: %s\n", why.data);
+		fflush(stderr);
+		_exit(WORKER_EXIT_CONFIG); /* nothing to clean up: skip the leak report */
+	}
 	struct buf out = {0};
 	task_describe(&out);
 	buf_addc(&out, '\n');
@@ -312,8 +371,9 @@ static int describe(void)
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: forkpool-worker --describe\n"
-			"       forkpool-worker [--serve] [--parent PID]\n");
+	fprintf(stderr, "usage: forkpool-worker [EXT...] --describe\n"
+			"       forkpool-worker [EXT...] [--serve] [--parent PID]\n"
+			"EXT:   --plugin PATH.so[=INITARGS_JSON]  --tasks-file PATH  (repeatable)\n");
 	return 2;
 }
 
@@ -321,8 +381,14 @@ int main(int argc, char **argv)
 {
 	long parent = 0;
 	bool desc = false;
+	ext_args = calloc((size_t)argc, sizeof *ext_args);
+	if (!ext_args)
+		return 1;
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--describe")) {
+		if ((!strcmp(argv[i], "--plugin") || !strcmp(argv[i], "--tasks-file")) && i + 1 < argc) {
+			ext_args[next_args++] = argv[i];
+			ext_args[next_args++] = argv[++i];
+		} else if (!strcmp(argv[i], "--describe")) {
 			desc = true;
 		} else if (!strcmp(argv[i], "--serve")) {
 			continue;

@@ -540,16 +540,58 @@ static const struct task tasks[] = {
 	 .variadic = true, .fn = t_echo},
 };
 
-size_t task_count(void) { return sizeof tasks / sizeof tasks[0]; }
+#define NBUILTIN (sizeof tasks / sizeof tasks[0])
 
-const struct task *task_at(size_t i) { return i < task_count() ? &tasks[i] : NULL; }
+/* The tasks added at start-up (owned by their modules). */
+static const struct task **added;
+static size_t nadded;
+
+size_t task_count(void) { return NBUILTIN + nadded; }
+
+const struct task *task_at(size_t i)
+{
+	if (i < NBUILTIN)
+		return &tasks[i];
+	return i - NBUILTIN < nadded ? added[i - NBUILTIN] : NULL;
+}
 
 const struct task *task_find(const char *name)
 {
 	for (size_t i = 0; i < task_count(); i++)
-		if (!strcmp(tasks[i].name, name))
-			return &tasks[i];
+		if (!strcmp(task_at(i)->name, name))
+			return task_at(i);
 	return NULL;
+}
+
+bool task_name_ok(const char *name)
+{
+	size_t n = 0;
+	for (const char *p = name; *p; p++, n++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '_' || *p == '.' || *p == '-'))
+			return false;
+	return n > 0 && n < TASK_NAME_LEN;
+}
+
+int task_add(const struct task *t, struct buf *err)
+{
+	const char *origin = t->origin ? t->origin : "?";
+	if (!task_name_ok(t->name))
+		return task_error(err, "%s: task name \"%s\" must be 1 to %d letters, digits, _ . or -",
+				  origin, t->name, TASK_NAME_LEN - 1);
+	const struct task *old = task_find(t->name);
+	if (old && !old->origin)
+		return task_error(err, "task \"%s\" of %s clashes with the built-in task \"%s\"",
+				  t->name, origin, old->name);
+	if (old)
+		return task_error(err, "task \"%s\" of %s clashes with task \"%s\" of %s", t->name,
+				  origin, old->name, old->origin);
+	const struct task **na = realloc(added, (nadded + 1) * sizeof *na);
+	if (!na)
+		abort();
+	added = na;
+	added[nadded++] = t;
+	return 0;
 }
 
 int task_nparams(const struct task *t)
@@ -570,7 +612,7 @@ void task_describe(struct buf *out)
 {
 	buf_adds(out, "{\"tasks\":[");
 	for (size_t i = 0; i < task_count(); i++) {
-		const struct task *t = &tasks[i];
+		const struct task *t = task_at(i);
 		buf_adds(out, i ? ",{\"name\":" : "{\"name\":");
 		buf_json_cstr(out, t->name);
 		buf_adds(out, ",\"doc\":");
@@ -583,8 +625,17 @@ void task_describe(struct buf *out)
 			buf_json_cstr(out, task_type_name(t->params[k].type));
 			buf_addc(out, '}');
 		}
-		buf_printf(out, "],\"required\":%d,\"variadic\":%s}", t->required,
+		buf_printf(out, "],\"required\":%d,\"variadic\":%s", t->required,
 			   t->variadic ? "true" : "false");
+		if (t->timeout > 0) {
+			buf_adds(out, ",\"timeout\":");
+			buf_json_double(out, t->timeout);
+		}
+		if (t->origin) {
+			buf_adds(out, ",\"origin\":");
+			buf_json_cstr(out, t->origin);
+		}
+		buf_addc(out, '}');
 	}
 	buf_adds(out, "]}");
 }
@@ -656,7 +707,7 @@ int task_run(const struct task *t, const char *args, size_t len, struct buf *res
 	size_t res_len = res->len, err_len = err->len;
 	int rc = check_args(t, a, err);
 	if (rc == 0)
-		rc = t->fn(a, res, err) < 0 ? -1 : 0;
+		rc = (t->fn ? t->fn(a, res, err) : t->call(t, a, res, err)) < 0 ? -1 : 0;
 	json_decref(a);
 	if (rc < 0) {
 		/* No half-written result; and an error always says something. */

@@ -5,7 +5,10 @@
  * the one source for `forkpool-worker --describe` (the server checks a batch's
  * arguments against that answer) and for running items, so adding a task is
  * adding a row. Arguments arrive as the JSON text of an array; a result
- * leaves as JSON text, with integers exact up to signed 128 bits. */
+ * leaves as JSON text, with integers exact up to signed 128 bits.
+ *
+ * Tasks made at start-up (a plugin's, a program's: plugin.h, program.h) join
+ * the table with task_add and are found, described and run the same way. */
 #ifndef FORKPOOL_TASKS_H
 #define FORKPOOL_TASKS_H
 
@@ -39,8 +42,17 @@ struct task {
 	int required;  /* how many leading params must be given; the rest are optional */
 	bool variadic; /* the last param repeats, zero or more times */
 	task_fn fn;
+	/* Tasks added with task_add leave fn NULL and run through call, which is
+	 * given the task itself (and so its ctx). */
+	int (*call)(const struct task *t, const json_t *args, struct buf *res, struct buf *err);
+	const void *ctx;
+	const char *origin; /* where it was defined, for messages; NULL: built in */
+	double timeout;	    /* seconds the server allows one item; 0: no limit of its own */
 };
 
+#define TASK_NAME_LEN 64 /* a name is 1 to TASK_NAME_LEN - 1 of [A-Za-z0-9_.-] */
+
+/* Every task: the built-ins, then the added ones in the order they came. */
 size_t task_count(void);
 const struct task *task_at(size_t i); /* NULL past the end */
 /* The task called name, or NULL. */
@@ -48,8 +60,17 @@ const struct task *task_find(const char *name);
 int task_nparams(const struct task *t);
 const char *task_type_name(enum task_type type);
 
+/* Adds a task made at start-up; the table keeps the pointer, which must stay
+ * valid. 0, or -1 with why appended to err: a bad name, or a name taken
+ * ("task \"x\" of <origin> clashes with the built-in task \"x\"", or with
+ * the task of another origin). */
+int task_add(const struct task *t, struct buf *err);
+/* Whether name can be a task's name (it travels in chunk frames). */
+bool task_name_ok(const char *name);
+
 /* Appends the catalogue: {"tasks":[{"name","doc","params":[{"name","type"}],
- * "required","variadic"}, ...]}. */
+ * "required","variadic"[,"timeout","origin"]}, ...]}; added tasks carry their
+ * origin, and their timeout when they have one. */
 void task_describe(struct buf *out);
 
 /* Runs t on one item whose arguments are the JSON text args[0..len). Returns
