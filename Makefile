@@ -29,8 +29,9 @@ obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 SERVER = $(BUILD)/forkpoold
 WORKER = $(BUILD)/forkpool-worker
 TESTS  = $(BUILD)/forkpool-tests
+BENCH  = $(BUILD)/forkpool-bench
 
-.PHONY: all deps run test check clean examples install
+.PHONY: all deps run test check clean examples install bench
 all: $(SERVER) $(WORKER)
 
 $(BUILD)/obj/%.o: %.c
@@ -48,6 +49,24 @@ $(WORKER): $(call obj,worker/main.c $(WORKER_SRC) $(COMMON_SRC))
 
 $(TESTS): $(call obj,$(TEST_SRC) $(SERVER_SRC) $(WORKER_SRC) $(COMMON_SRC))
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(shell pkg-config --libs libcurl 2>/dev/null) -lm
+
+# The benchmark (bench/): links the workers' task code for W4 and embeds
+# bench/executor.py, the ProcessPoolExecutor baseline.
+$(BENCH): $(call obj,$(wildcard bench/*.c) worker/tasks.c $(COMMON_SRC))
+	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs jansson libcurl 2>/dev/null) -lm
+$(BUILD)/obj/bench/executor.o: bench/executor.py
+
+# Runs every workload against the real server and Python's executor, and
+# writes the table into docs/benchmarks.md. make bench BENCH_SCALE=0.1 is
+# a tenth of the sizes; forkpool-bench --help lists the other knobs.
+bench: deps
+	@if [ ! -x /usr/bin/python3 ] && ! command -v python3 >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q python3 >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q python3 >/dev/null; }; \
+	  else echo "make bench: no python3 for the executor's side; run: sudo apt-get install -y python3"; fi; \
+	fi
+	@$(MAKE) --no-print-directory all $(BENCH)
+	$(if $(BENCH_SCALE),BENCH_SCALE=$(BENCH_SCALE)) ./$(BENCH) --server $(SERVER) --out docs/benchmarks.md
 
 # Plugins are built the way docs/plugins.md tells users to build theirs.
 EXAMPLES     = $(patsubst %.c,$(BUILD)/%.so,$(wildcard examples/*.c)) \
@@ -100,7 +119,7 @@ run: deps
 	./$(SERVER) --listen 127.0.0.1:8080 --db ./data/forkpool.db
 
 test: deps
-	@$(MAKE) --no-print-directory all $(TESTS) examples $(TEST_PLUGINS)
+	@$(MAKE) --no-print-directory all $(TESTS) $(BENCH) examples $(TEST_PLUGINS)
 	FORKPOOL_BIN_DIR=$(BUILD) ./$(TESTS) $(T)
 
 check: deps
