@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 
+#include "auth.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
@@ -392,6 +393,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 		r->method = method;
 		r->hup.fd = -1;
 		*con_cls = r;
+		if (auth_refuse(r))
+			return MHD_YES; /* 401 before a byte of the body is read */
 		const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND,
 							     MHD_HTTP_HEADER_CONTENT_LENGTH);
 		if (cl && strtoull(cl, NULL, 10) > H.max_body) {

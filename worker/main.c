@@ -309,7 +309,8 @@ static int serve(long parent)
 	/* Never outlive the server: die with it, or now if it is already gone. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	pid_t pp = getppid();
-	if (pp == 1 || (parent > 0 && pp != (pid_t)parent)) {
+	/* The server may be pid 1 itself (in a container). */
+	if (parent > 0 ? pp != (pid_t)parent : pp == 1) {
 		fprintf(stderr, "forkpool-worker: the server (pid %ld) is gone\n", parent);
 		return 1;
 	}
