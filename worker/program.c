@@ -343,7 +343,8 @@ static int arg_text(const json_t *v, struct buf *b)
 static int build_argv(const struct program *p, const json_t *args, struct buf *text,
 		      size_t **offs, struct buf *err)
 {
-	size_t nargs = json_array_size(args), cap = p->argc + nargs + 1, n = 0;
+	/* Each element is one entry, or all the arguments for a "{*}". */
+	size_t nargs = json_array_size(args), cap = p->argc * (nargs + 1) + 1, n = 0;
 	*offs = xcalloc(cap, sizeof **offs);
 	for (size_t i = 0; i < p->argc; i++) {
 		const char *a = p->argv[i];
@@ -735,9 +736,9 @@ static int search_path(const char *prog, const char *pathvar, char *out, size_t 
 	for (const char *d = pathvar; d && *d;) {
 		const char *colon = strchr(d, ':');
 		size_t dl = colon ? (size_t)(colon - d) : strlen(d);
-		snprintf(out, outlen, "%.*s/%s", (int)(dl ? dl : 1), dl ? d : ".", prog);
+		int n = snprintf(out, outlen, "%.*s/%s", (int)(dl ? dl : 1), dl ? d : ".", prog);
 		struct stat st;
-		if (stat(out, &st) == 0 && S_ISREG(st.st_mode) && access(out, X_OK) == 0)
+		if (n > 0 && (size_t)n < outlen && stat(out, &st) == 0 && S_ISREG(st.st_mode) && access(out, X_OK) == 0)
 			return 0;
 		d = colon ? colon + 1 : NULL;
 	}
@@ -863,8 +864,10 @@ static int load_argv(struct program *p, json_t *argv, struct buf *err)
 	if (!*prog)
 		return fail(err, "%s: argv[0] is empty", p->where);
 	if (strchr(prog, '/')) {
-		snprintf(found, sizeof found, "%s%s%s", prog[0] == '/' ? "" : p->cwd,
-			 prog[0] == '/' ? "" : "/", prog);
+		int n = snprintf(found, sizeof found, "%s%s%s", prog[0] == '/' ? "" : p->cwd,
+				 prog[0] == '/' ? "" : "/", prog);
+		if (n < 0 || (size_t)n >= sizeof found)
+			return fail(err, "%s: argv[0]: the path is too long", p->where);
 		struct stat st;
 		if (stat(found, &st) < 0)
 			return fail(err, "%s: argv[0]: program %s: %s", p->where, found, strerror(errno));
@@ -959,7 +962,9 @@ static int load_task(const char *file, const char *dir, size_t idx, json_t *o, s
 		return fail(err, "%s: cwd must be a directory path", p->where);
 	char cwd[PATH_MAX], abs[PATH_MAX];
 	const char *c = v ? json_string_value(v) : ".";
-	snprintf(cwd, sizeof cwd, "%s%s%s", c[0] == '/' ? "" : dir, c[0] == '/' ? "" : "/", c);
+	int n = snprintf(cwd, sizeof cwd, "%s%s%s", c[0] == '/' ? "" : dir, c[0] == '/' ? "" : "/", c);
+	if (n < 0 || (size_t)n >= sizeof cwd)
+		return fail(err, "%s: cwd: the path is too long", p->where);
 	struct stat st;
 	if (!realpath(cwd, abs))
 		return fail(err, "%s: cwd %s: %s", p->where, cwd, strerror(errno));
