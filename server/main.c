@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "auth.h"
 #include "catalog.h"
 #include "http.h"
 #include "metrics.h"
@@ -32,6 +33,8 @@ struct config {
 	const char *listen, *db, *sync, *worker, *log_level;
 	long workers, max_tasks, chunksize;
 	size_t max_body;
+	const char *token_file;
+	int protect_metrics, insecure_listen;
 	/* --plugin and --tasks-file in order, as the workers' arguments
 	 * ("--plugin", spec, ...), NULL-terminated */
 	char *wargs[2 * MAX_EXTENSIONS + 1];
@@ -57,12 +60,19 @@ static const char usage[] =
     "  --plugin PATH.so[=JSON]    a C plugin every worker loads; JSON is the argument of its\n"
     "                             initializer (repeatable; see docs/plugins.md)\n"
     "  --tasks-file PATH          tasks that run programs, from a JSON file (repeatable)\n"
+    "  --token-file PATH          every /v1 request needs Authorization: Bearer <the file's\n"
+    "                             first line> (or give the token itself in FORKPOOL_TOKEN)\n"
+    "  --protect-metrics          /metrics needs the token too (/healthz never does)\n"
+    "  --insecure-listen          serve a non-loopback address without a token\n"
     "  --log-level LEVEL          debug, info, warn or error (default info)\n"
     "  --help                     this text\n"
     "\n"
     "Each option can also be set in the environment as FORKPOOL_<NAME> (FORKPOOL_LISTEN,\n"
     "FORKPOOL_MAX_TASKS_PER_CHILD, ...); a flag wins over the environment. FORKPOOL_PLUGIN and\n"
     "FORKPOOL_TASKS_FILE may hold several values, one per line.\n";
+
+/* Options without a short letter of their own. */
+enum { OPT_TOKEN_FILE = 0x100, OPT_PROTECT_METRICS, OPT_INSECURE_LISTEN, OPT_RESULT_TTL };
 
 static const struct option longopts[] = {
     {"listen", required_argument, NULL, 'l'},
@@ -73,6 +83,9 @@ static const struct option longopts[] = {
     {"sync", required_argument, NULL, 's'},
     {"max-body", required_argument, NULL, 'b'},
     {"worker", required_argument, NULL, 'W'},
+    {"token-file", required_argument, NULL, OPT_TOKEN_FILE},
+    {"protect-metrics", no_argument, NULL, OPT_PROTECT_METRICS},
+    {"insecure-listen", no_argument, NULL, OPT_INSECURE_LISTEN},
     {"log-level", required_argument, NULL, 'L'},
     {"plugin", required_argument, NULL, 'P'},
     {"tasks-file", required_argument, NULL, 'T'},
@@ -151,6 +164,21 @@ static int add_extension(struct config *c, int kind, const char *v)
 	return 0;
 }
 
+/* A flag without a value: given on the command line (v is NULL), or
+ * FORKPOOL_<NAME>=1 or 0 (true/false, yes/no) in the environment. */
+static int parse_flag(const char *name, const char *v, int *out)
+{
+	if (!v || !strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes")) {
+		*out = 1;
+		return 0;
+	}
+	if (!strcmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "no")) {
+		*out = 0;
+		return 0;
+	}
+	return bad_value(name, v, "expected 1 or 0 (true or false)");
+}
+
 /* Applies one option (from the command line or the environment). */
 static int apply(struct config *c, int opt, const char *name, const char *v)
 {
@@ -186,6 +214,9 @@ static int apply(struct config *c, int opt, const char *name, const char *v)
 			line += len + (nl != NULL);
 		}
 		return 0;
+	case OPT_TOKEN_FILE: c->token_file = v; return 0;
+	case OPT_PROTECT_METRICS: return parse_flag(name, v, &c->protect_metrics);
+	case OPT_INSECURE_LISTEN: return parse_flag(name, v, &c->insecure_listen);
 	case 'L':
 		if (log_set_level(v) < 0)
 			return bad_value(name, v, "expected debug, info, warn or error");
@@ -203,7 +234,7 @@ static int configure(struct config *c, int argc, char **argv)
 	c->workers = ncpu > 0 ? ncpu : 1;
 	/* The environment first, so that flags override it. */
 	for (const struct option *o = longopts; o->name; o++) {
-		if (o->has_arg != required_argument)
+		if (o->val == 'h')
 			continue;
 		char env[64] = "FORKPOOL_";
 		for (const char *p = o->name; *p && strlen(env) < sizeof env - 1; p++) {
@@ -328,6 +359,9 @@ int main(int argc, char **argv)
 	struct config cfg;
 	if (configure(&cfg, argc, argv) < 0)
 		return 2;
+	if (auth_init(cfg.token_file, cfg.protect_metrics) < 0 ||
+	    auth_check_listen(cfg.listen, cfg.insecure_listen) < 0)
+		return 2;
 	signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit();
 	sigset_t mask;
@@ -412,6 +446,7 @@ int main(int argc, char **argv)
 	store_close(store);
 	catalog_free();
 	metrics_free();
+	auth_free();
 	free(changed);
 	log_info("exit", "status=0");
 	return 0;
