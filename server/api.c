@@ -14,9 +14,11 @@
 #include "metrics.h"
 #include "pool.h"
 #include "stream.h"
+#include "upload.h"
 #include "views.h"
 
 #define MAX_WAIT_S 3600
+#define UPLOAD_MAX_ITEMS 100000000LL /* items in one NDJSON batch */
 #define MAX_CHUNKSIZE 1000000000LL
 #define MAX_TIMEOUT_S 1e7
 #define DEFAULT_LIST_LIMIT 100
@@ -25,7 +27,13 @@
 static struct api_config C;
 static int shutting_down;
 
-void api_init(const struct api_config *c) { C = *c; }
+static void api_headers(struct http_req *r);
+
+void api_init(const struct api_config *c)
+{
+	C = *c;
+	http_set_headers_hook(api_headers);
+}
 void api_shutting_down(void) { shutting_down = 1; }
 
 /* The executor's wait(return_when=...). */
@@ -380,6 +388,77 @@ static void reply_with_results(struct http_req *r, int64_t id)
 	http_reply(r, 201, &o);
 }
 
+/* Whether the request's Content-Type is the media type mt (parameters such
+ * as "; charset=utf-8" allowed). */
+static int media_is(struct http_req *r, const char *mt)
+{
+	const char *ct = http_header(r, "Content-Type");
+	size_t n = strlen(mt);
+	return ct && !strncasecmp(ct, mt, n) && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+/* The automatic chunk size: about size / (workers x 4), at least 1. */
+static int64_t auto_chunk(int64_t size)
+{
+	if (C.chunksize > 0)
+		return C.chunksize;
+	int64_t per = (int64_t)C.workers * 4;
+	int64_t n = (size + per - 1) / per;
+	return n < 1 ? 1 : n;
+}
+
+/* POST /v1/batches?task=T with an NDJSON body: checked and stored as it
+ * arrives (upload.c); the query carries what a JSON body's fields would. */
+static void ndjson_headers(struct http_req *r)
+{
+	if (shutting_down)
+		return http_error(r, 503, "shutting_down", "the server is shutting down; retry later");
+	const char *task = http_query(r, "task");
+	if (!task)
+		return http_error(r, 400, "invalid_request",
+				  "task: is required; with an NDJSON body give it in the query: "
+				  "POST /v1/batches?task=square");
+	const struct task_info *ti = catalog_find(task);
+	if (!ti)
+		return http_error(r, 400, "invalid_request",
+				  "task: there is no task \"%s\" (GET /v1/tasks lists them)", task);
+	int64_t chunksize = 0;
+	double timeout = 0, wait = 0;
+	if (query_int(r, "chunksize", 1, 1000000000, &chunksize) < 0 ||
+	    query_num(r, "timeout", 1e-3, 1e7, &timeout) < 0 ||
+	    query_num(r, "wait", 0, MAX_WAIT_S, &wait) < 0)
+		return;
+	struct batch b = {.chunksize = chunksize, .timeout = timeout, .created_ms = now_unix_ms(),
+			  .finished_ms = -1};
+	snprintf(b.task, sizeof b.task, "%s", ti->name);
+	upload_start(r, C.store, ti, &b, UPLOAD_MAX_ITEMS);
+}
+
+/* Called once a request's headers are in (see http_set_headers_hook). */
+static void api_headers(struct http_req *r)
+{
+	if (!strcmp(http_method(r), "POST") && !strcmp(http_path(r), "/v1/batches") &&
+	    media_is(r, "application/x-ndjson"))
+		ndjson_headers(r);
+}
+
+/* The end of an NDJSON upload: seal it and answer as a JSON submission. */
+static void ndjson_end(struct http_req *r, double wait)
+{
+	struct batch b;
+	if (upload_end(r, auto_chunk, &b) < 0)
+		return;
+	struct submitted *s = calloc(1, sizeof *s);
+	if (!s)
+		abort();
+	s->b = b;
+	s->wait = wait;
+	http_set_data(r, s, free);
+	log_info("batch_upload", "batch=%lld task=%s size=%lld", (long long)b.id, b.task, (long long)b.size);
+	pool_add_batch(&s->b);
+	http_park_commit(r);
+}
+
 static int content_type_ok(struct http_req *r)
 {
 	const char *ct = http_header(r, "Content-Type");
@@ -499,9 +578,12 @@ static void post_batch(struct http_req *r)
 	double wait = 0;
 	if (query_num(r, "wait", 0, MAX_WAIT_S, &wait) < 0)
 		return;
+	if (upload_active(r))
+		return ndjson_end(r, wait);
 	if (!content_type_ok(r))
 		return http_error(r, 415, "unsupported_media_type",
-				  "send the batch as JSON with Content-Type: application/json (got %s)",
+				  "send the batch as JSON (Content-Type: application/json) or as NDJSON "
+				  "(application/x-ndjson, with ?task=), not %s",
 				  http_header(r, "Content-Type"));
 	size_t len;
 	const char *body = http_body(r, &len);

@@ -44,6 +44,7 @@ struct http_req {
 	int (*ready)(struct http_req *);
 	struct http_req *prev, *next; /* in a bucket, or the commit list */
 	struct loop_watch hup;	      /* the client's socket, for EPOLLRDHUP */
+	http_sink_fn sink; /* takes the body as it arrives, instead of r->body */
 	/* a streamed answer */
 	http_fill_fn fill;
 	struct buf sout; /* filled, not yet handed to MHD from sout_off on */
@@ -68,6 +69,7 @@ static struct {
 	int64_t next_deadline; /* earliest parked deadline, or -1 (may be stale-early) */
 	int nparked;
 	int nstreams; /* streamed answers not yet completed */
+	void (*on_headers)(struct http_req *r);
 } H;
 
 static unsigned bucket_of(int64_t batch) { return (unsigned)((uint64_t)batch * 2654435761u) % NBUCKETS; }
@@ -395,9 +397,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 		*con_cls = r;
 		if (auth_refuse(r))
 			return MHD_YES; /* 401 before a byte of the body is read */
+		if (H.on_headers)
+			H.on_headers(r); /* may answer, or take the body as it comes */
 		const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND,
 							     MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl && strtoull(cl, NULL, 10) > H.max_body) {
+		if (!r->answered && !r->sink && cl && strtoull(cl, NULL, 10) > H.max_body) {
 			/* Refuse before reading a byte of it. */
 			http_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large",
 				   "the body is %s bytes; the limit (--max-body) is %zu", cl, H.max_body);
@@ -405,7 +409,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 		return MHD_YES;
 	}
 	if (*upload_size) {
-		if (!r->answered && !r->too_big) {
+		if (r->sink) {
+			if (!r->answered)
+				r->sink(r, upload, *upload_size);
+		} else if (!r->answered && !r->too_big) {
 			if (r->body.len + *upload_size > H.max_body) {
 				r->too_big = 1;
 				buf_free(&r->body);
@@ -458,6 +465,10 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 			*p = '\'';
 	log_warn("http_lib", "msg=\"%s\"", msg);
 }
+
+void http_set_headers_hook(void (*fn)(struct http_req *r)) { H.on_headers = fn; }
+void http_sink(struct http_req *r, http_sink_fn fn) { r->sink = fn; }
+int http_has_sink(const struct http_req *r) { return r->sink != NULL; }
 
 int http_start(const char *listen, size_t max_body, unsigned conn_limit, http_handler h)
 {

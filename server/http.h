@@ -66,6 +66,16 @@ __attribute__((format(printf, 4, 5))) void http_error(struct http_req *r, unsign
  * call. */
 typedef int (*http_fill_fn)(struct http_req *r, struct buf *out);
 void http_stream(struct http_req *r, unsigned status, const char *content_type, http_fill_fn fill);
+/* Streamed request bodies. The headers hook is called for each request once
+ * its headers are in, before any of its body; it may answer at once, or call
+ * http_sink so that the body goes to fn piece by piece as it arrives (not
+ * held whole, and not bound by the body limit) instead of being collected.
+ * Once fn has answered (an error), the rest of the body is read and dropped.
+ * The handler is called as usual when the body has ended. */
+typedef void (*http_sink_fn)(struct http_req *r, const char *data, size_t len);
+void http_set_headers_hook(void (*fn)(struct http_req *r));
+void http_sink(struct http_req *r, http_sink_fn fn);
+int http_has_sink(const struct http_req *r);
 /* Adds a header to the answer that follows (copied). */
 void http_add_header(struct http_req *r, const char *name, const char *value);
 

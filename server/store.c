@@ -67,8 +67,11 @@ static const char *const sql[S_NSTMTS] = {
     [S_INS_BATCH] = "INSERT INTO batches (task, size, chunksize, timeout, created_at, n_pending)"
 		    " VALUES (?1, ?2, ?3, ?4, ?5, ?2)",
     [S_INS_FUTURE] = "INSERT INTO futures (batch_id, idx, args) VALUES (?1, ?2, ?3)",
-    [S_GET_BATCH] = "SELECT " BATCH_COLS " FROM batches WHERE id = ?1",
-    [S_LIST_BATCHES] = "SELECT " BATCH_COLS " FROM batches WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+    /* A batch whose size is -1 is an NDJSON upload still arriving: nobody
+     * sees it until it is sealed (store_upload_seal). */
+    [S_GET_BATCH] = "SELECT " BATCH_COLS " FROM batches WHERE id = ?1 AND size >= 0",
+    [S_LIST_BATCHES] = "SELECT " BATCH_COLS " FROM batches WHERE id < ?1 AND size >= 0"
+		       " ORDER BY id DESC LIMIT ?2",
     [S_PENDING_BATCHES] = "SELECT id FROM batches WHERE n_pending > 0 ORDER BY id",
     [S_GET_FUTURE] = "SELECT " FUTURE_COLS " FROM futures WHERE batch_id = ?1 AND idx = ?2",
     [S_FUTURES_BY_IDX] = "SELECT " FUTURE_COLS " FROM futures WHERE batch_id = ?1 AND idx > ?2"
@@ -304,6 +307,10 @@ static int recover(struct store *s)
 	if (rc == 0)
 		rc = exec(s, "UPDATE batches SET n_pending = n_pending + n_running, n_running = 0"
 			     " WHERE n_running > 0");
+	/* Uploads cut short by the crash were never accepted. */
+	if (rc == 0)
+		rc = exec(s, "DELETE FROM futures WHERE batch_id IN (SELECT id FROM batches WHERE size < 0);"
+			     "DELETE FROM batches WHERE size < 0");
 	if (rc < 0 || exec(s, "COMMIT") < 0) {
 		exec(s, "ROLLBACK");
 		return -1;
@@ -680,3 +687,50 @@ int store_cancel_running(struct store *s, int64_t batch, int64_t idx, int64_t no
 }
 
 struct sqlite3 *store_sqlite(struct store *s) { return s ? s->db : NULL; }
+
+/* ---- NDJSON uploads: stored as they arrive, sealed or removed at the end ---- */
+
+int store_upload_begin(struct store *s, struct batch *b)
+{
+	b->size = -1;
+	if (store_batch_begin(s, b) < 0)
+		return -1;
+	return store_batch_end(s, 1);
+}
+
+int store_upload_item(struct store *s, int64_t batch, int64_t idx, const char *args, size_t len)
+{
+	if (begin(s) < 0)
+		return -1;
+	return store_batch_item(s, batch, idx, args, len);
+}
+
+/* Runs a one-off statement with up to three integer parameters. */
+static int run_once(struct store *s, const char *q, int64_t a, int64_t b, int64_t c)
+{
+	sqlite3_stmt *st;
+	if (begin(s) < 0)
+		return -1;
+	if (sqlite3_prepare_v2(s->db, q, -1, &st, NULL) != SQLITE_OK)
+		return db_fail(s, q);
+	sqlite3_bind_int64(st, 1, a);
+	sqlite3_bind_int64(st, 2, b);
+	sqlite3_bind_int64(st, 3, c);
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : db_fail(s, q);
+}
+
+int store_upload_seal(struct store *s, int64_t batch, int64_t size, int64_t chunksize)
+{
+	return run_once(s, "UPDATE batches SET size = ?2, chunksize = ?3, n_pending = ?2"
+			   " WHERE id = ?1 AND size < 0",
+			batch, size, chunksize);
+}
+
+int store_upload_abort(struct store *s, int64_t batch)
+{
+	if (run_once(s, "DELETE FROM futures WHERE batch_id = ?1", batch, 0, 0) < 0)
+		return -1;
+	return run_once(s, "DELETE FROM batches WHERE id = ?1 AND size < 0", batch, 0, 0);
+}

@@ -65,6 +65,17 @@ int store_batch_begin(struct store *s, struct batch *b);
 int store_batch_item(struct store *s, int64_t batch, int64_t idx, const char *args, size_t len);
 int store_batch_end(struct store *s, int ok);
 
+/* NDJSON uploads, stored as they arrive over several turns (so several
+ * commits): store_upload_begin inserts the batch row marked open (size -1;
+ * nothing reads such a batch), store_upload_item one future, and the end is
+ * store_upload_seal (the real size and chunk size; the items become pending)
+ * or store_upload_abort (every row removed). A restart removes open uploads.
+ * All return 0 / -1. */
+int store_upload_begin(struct store *s, struct batch *b);
+int store_upload_item(struct store *s, int64_t batch, int64_t idx, const char *args, size_t len);
+int store_upload_seal(struct store *s, int64_t batch, int64_t size, int64_t chunksize);
+int store_upload_abort(struct store *s, int64_t batch);
+
 /* 1 and *out filled, 0 if there is no such batch, -1 on error. */
 int store_batch_get(struct store *s, int64_t id, struct batch *out);
 /* Calls fn for up to limit batches with id < before (before <= 0: from the

@@ -386,16 +386,22 @@ json_t *results(const struct server *s, int64_t id)
 
 /* ---- raw connections ---- */
 
+int raw_connect(const struct server *s)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port)};
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
+		FAILF("connect to port %d: %s", s->port, strerror(errno));
+	return fd;
+}
+
 struct rawconn *raw_get(const struct server *s, const char *path, const char *headers)
 {
 	struct rawconn *c = calloc(1, sizeof *c);
 	if (!c)
 		abort();
-	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port)};
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&a, sizeof a) < 0)
-		FAILF("connect to port %d: %s", s->port, strerror(errno));
+	c->fd = raw_connect(s);
 	char req[2048];
 	int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n%s\r\n", path,
 			 headers ? headers : "");

@@ -81,6 +81,8 @@ struct rawconn {
 	char buf[65536];
 	size_t len;
 };
+/* A connected socket to the server. */
+int raw_connect(const struct server *s);
 /* Connects and sends a GET with the extra header lines (each ending in
  * "\r\n"; may be NULL). */
 struct rawconn *raw_get(const struct server *s, const char *path, const char *headers);

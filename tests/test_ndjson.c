@@ -1,0 +1,204 @@
+/* test_ndjson.c - NDJSON batches (POST /v1/batches?task=T with one JSON array
+ * of arguments per line), stored as they arrive, against the real server. */
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "client.h"
+#include "harness.h"
+
+static const char *const NDJSON_CT[] = {"Content-Type: application/x-ndjson", NULL};
+
+static struct resp post_ndjson(const struct server *s, const char *query, const char *body)
+{
+	char path[256];
+	snprintf(path, sizeof path, "/v1/batches%s", query);
+	return reqh(s, "POST", path, body, NDJSON_CT);
+}
+
+/* Rows in a table of the server's database (read while it runs: WAL). */
+static long long db_count(const struct server *s, const char *table)
+{
+	sqlite3 *db;
+	if (sqlite3_open_v2(s->db, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+		FAILF("open %s", s->db);
+	char q[128];
+	snprintf(q, sizeof q, "SELECT count(*) FROM %s", table);
+	sqlite3_stmt *st;
+	long long n = -1;
+	if (sqlite3_prepare_v2(db, q, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+		n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return n;
+}
+
+static void wait_rows(const struct server *s, const char *table, long long want)
+{
+	int64_t deadline = harness_now_ms() + 10000;
+	long long n;
+	while ((n = db_count(s, table)) != want)
+		if (harness_now_ms() > deadline)
+			FAILF("%s has %lld rows, expected %lld", table, n, want);
+}
+
+static char *lines(int n, const char *eol)
+{
+	struct buf b = {0};
+	for (int i = 0; i < n; i++)
+		buf_printf(&b, "[%d]%s", i, eol);
+	buf_addc(&b, '\0');
+	return b.data;
+}
+
+TEST(ndjson_batch_is_stored_and_runs_exactly)
+{
+	struct server s;
+	server_start(&s, "--workers", "2", NULL);
+	char *body = lines(1000, "\n");
+	struct resp r = post_ndjson(&s, "?task=square&chunksize=100", body);
+	free(body);
+	CHECK_INT(r.status, 201);
+	CHECK_INT(jint(r.json, "size"), 1000);
+	CHECK_INT(jint(r.json, "chunksize"), 100);
+	CHECK_STR(jstr(r.json, "task"), "square");
+	int64_t id = jint(r.json, "id");
+	char *loc = resp_header(&r, "Location");
+	CHECK(loc != NULL);
+	free(loc);
+	resp_free(&r);
+	json_decref(wait_batch(&s, id, 60));
+	json_t *res = results(&s, id);
+	CHECK_INT(json_array_size(res), 1000);
+	for (size_t i = 0; i < 1000; i++)
+		CHECK_INT(jint(json_array_get(res, i), "result"), (long long)(i * i));
+	json_decref(res);
+	server_stop(&s);
+}
+
+TEST(ndjson_accepts_crlf_blank_lines_no_final_newline_and_wait)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	struct resp r = post_ndjson(&s, "?task=power&wait=20", "[2, 10]\r\n\r\n  \n[3,2]");
+	CHECK_INT(r.status, 201);
+	CHECK_INT(jint(r.json, "size"), 2);
+	CHECK_STR(jstr(r.json, "state"), "done");
+	json_t *res = jget(r.json, "results");
+	CHECK_INT(jint(json_array_get(res, 0), "result"), 1024);
+	CHECK_INT(jint(json_array_get(res, 1), "result"), 9);
+	resp_free(&r);
+	/* Automatic chunk size, as for JSON bodies: ceil(10 / (1 x 4)). */
+	char *body = lines(10, "\n");
+	r = post_ndjson(&s, "?task=square", body);
+	free(body);
+	CHECK_INT(jint(r.json, "chunksize"), 3);
+	resp_free(&r);
+	server_stop(&s);
+}
+
+TEST(ndjson_errors_name_the_line_and_store_nothing)
+{
+	struct server s;
+	server_start(&s, NULL);
+	static const struct {
+		const char *query, *body, *code, *msg;
+		long status;
+	} cases[] = {
+	    {"?task=square", "[1]\n[2,3]\n[3]\n", "invalid_request", "line 2: square takes 1 argument, got 2", 400},
+	    {"?task=square", "[1]\n[2]\n{\"x\":1}\n", "invalid_request", "line 3: each line must be a JSON array", 400},
+	    {"?task=square", "[1]\nnope\n", "invalid_json", "line 2: not valid JSON", 400},
+	    {"?task=square", "[1]\n[\"a\"]", "invalid_request", "line 2:", 400},
+	    {"?task=square", "", "invalid_request", "no lines", 400},
+	    {"?task=square", "\n\n", "invalid_request", "no lines", 400},
+	    {"", "[1]\n", "invalid_request", "task: is required", 400},
+	    {"?task=cube", "[1]\n", "invalid_request", "no task \"cube\"", 400},
+	    {"?task=square&chunksize=0", "[1]\n", "invalid_request", "chunksize", 400},
+	    {"?task=square&timeout=-1", "[1]\n", "invalid_request", "timeout", 400},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct resp r = post_ndjson(&s, cases[i].query, cases[i].body);
+		if (r.status != cases[i].status || !r.json)
+			FAILF("case %zu: status %ld: %s", i, r.status, r.body);
+		json_t *e = jget(r.json, "error");
+		CHECK_STR(jstr(e, "code"), cases[i].code);
+		if (!strstr(jstr(e, "message"), cases[i].msg))
+			FAILF("case %zu: message \"%s\" lacks \"%s\"", i, jstr(e, "message"), cases[i].msg);
+		resp_free(&r);
+	}
+	struct resp r = req(&s, "GET", "/v1/batches", NULL);
+	CHECK_INT(json_array_size(jget(r.json, "batches")), 0);
+	resp_free(&r);
+	wait_rows(&s, "futures", 0);
+	wait_rows(&s, "batches", 0);
+	server_stop(&s);
+}
+
+TEST(ndjson_is_streamed_past_the_body_limit)
+{
+	struct server s;
+	server_start(&s, "--max-body", "1K", NULL);
+	char *body = lines(2000, "\n"); /* about 15 KB */
+	struct resp r = post_ndjson(&s, "?task=square", body);
+	free(body);
+	CHECK_INT(r.status, 201);
+	CHECK_INT(jint(r.json, "size"), 2000);
+	resp_free(&r);
+	server_stop(&s);
+}
+
+/* Sends the headers of an upload and part of its body on a raw socket. */
+static int start_upload(const struct server *s, int total, int lines_sent)
+{
+	char hdr[256];
+	int n = snprintf(hdr, sizeof hdr,
+			 "POST /v1/batches?task=square HTTP/1.1\r\nHost: x\r\n"
+			 "Content-Type: application/x-ndjson\r\nContent-Length: %d\r\n\r\n",
+			 total);
+	int fd = raw_connect(s);
+	if (write(fd, hdr, (size_t)n) != n)
+		FAILF("write failed");
+	for (int i = 0; i < lines_sent; i++) {
+		char line[32];
+		int k = snprintf(line, sizeof line, "[%d]\n", i);
+		if (write(fd, line, (size_t)k) != k)
+			FAILF("write failed");
+	}
+	return fd;
+}
+
+TEST(ndjson_upload_cut_short_stores_nothing)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int fd = start_upload(&s, 1000000, 500);
+	/* Its lines are stored as they come (invisible to the API)... */
+	int64_t deadline = harness_now_ms() + 10000;
+	while (db_count(&s, "futures") < 500)
+		CHECK(harness_now_ms() < deadline);
+	struct resp r = req(&s, "GET", "/v1/batches", NULL);
+	CHECK_INT(json_array_size(jget(r.json, "batches")), 0);
+	resp_free(&r);
+	r = req(&s, "GET", "/v1/batches/1", NULL);
+	CHECK_INT(r.status, 404);
+	resp_free(&r);
+	/* ...and removed when the client goes away. */
+	close(fd);
+	wait_rows(&s, "futures", 0);
+	wait_rows(&s, "batches", 0);
+	/* A crash in the middle of one: the restart removes it. */
+	fd = start_upload(&s, 1000000, 300);
+	deadline = harness_now_ms() + 10000;
+	while (db_count(&s, "futures") < 300)
+		CHECK(harness_now_ms() < deadline);
+	server_kill9(&s);
+	close(fd);
+	server_start(&s, "--workers", "1", NULL);
+	wait_rows(&s, "futures", 0);
+	wait_rows(&s, "batches", 0);
+	server_stop(&s);
+}
