@@ -13,6 +13,7 @@
 #include "loop.h"
 #include "metrics.h"
 #include "pool.h"
+#include "retention.h"
 #include "stream.h"
 #include "upload.h"
 #include "views.h"
@@ -798,6 +799,8 @@ void api_handle(struct http_req *r)
 			return http_error(r, 404, "not_found", "there is no batch \"%.*s\"",
 					  (int)(slash ? slash - s : (long)strlen(s)), s);
 		if (!slash) {
+			if (!strcmp(m, "DELETE") && retention_delete(r, id))
+				return; /* ?purge=true */
 			if (!strcmp(m, "DELETE"))
 				return cancel_batch(r, id);
 			return get ? get_batch(r, id) : not_allowed(r, "GET, DELETE");

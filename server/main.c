@@ -25,6 +25,7 @@
 #include "log.h"
 #include "loop.h"
 #include "pool.h"
+#include "retention.h"
 #include "store.h"
 
 #define MAX_EXTENSIONS 64
@@ -35,6 +36,7 @@ struct config {
 	size_t max_body;
 	const char *token_file;
 	int protect_metrics, insecure_listen;
+	int64_t result_ttl_ms; /* 0: the default (7 days); < 0: keep forever */
 	/* --plugin and --tasks-file in order, as the workers' arguments
 	 * ("--plugin", spec, ...), NULL-terminated */
 	char *wargs[2 * MAX_EXTENSIONS + 1];
@@ -64,6 +66,8 @@ static const char usage[] =
     "                             first line> (or give the token itself in FORKPOOL_TOKEN)\n"
     "  --protect-metrics          /metrics needs the token too (/healthz never does)\n"
     "  --insecure-listen          serve a non-loopback address without a token\n"
+    "  --result-ttl DURATION      delete batches done for longer than this: 90s, 30m, 12h,\n"
+    "                             7d, 2w, or off (default 7d)\n"
     "  --log-level LEVEL          debug, info, warn or error (default info)\n"
     "  --help                     this text\n"
     "\n"
@@ -86,6 +90,7 @@ static const struct option longopts[] = {
     {"token-file", required_argument, NULL, OPT_TOKEN_FILE},
     {"protect-metrics", no_argument, NULL, OPT_PROTECT_METRICS},
     {"insecure-listen", no_argument, NULL, OPT_INSECURE_LISTEN},
+    {"result-ttl", required_argument, NULL, OPT_RESULT_TTL},
     {"log-level", required_argument, NULL, 'L'},
     {"plugin", required_argument, NULL, 'P'},
     {"tasks-file", required_argument, NULL, 'T'},
@@ -217,6 +222,10 @@ static int apply(struct config *c, int opt, const char *name, const char *v)
 	case OPT_TOKEN_FILE: c->token_file = v; return 0;
 	case OPT_PROTECT_METRICS: return parse_flag(name, v, &c->protect_metrics);
 	case OPT_INSECURE_LISTEN: return parse_flag(name, v, &c->insecure_listen);
+	case OPT_RESULT_TTL:
+		if (retention_parse(v, &c->result_ttl_ms) < 0)
+			return bad_value(name, v, "expected a duration such as 90s, 30m, 12h, 7d, 2w, or off");
+		return 0;
 	case 'L':
 		if (log_set_level(v) < 0)
 			return bad_value(name, v, "expected debug, info, warn or error");
@@ -394,6 +403,8 @@ int main(int argc, char **argv)
 	if (sig.fd < 0 || loop_add(&sig, EPOLLIN) < 0)
 		return 1;
 	metrics_init(store, cfg.db);
+	if (retention_init(store, cfg.result_ttl_ms) < 0)
+		return 1;
 	api_init(&(struct api_config){.store = store, .workers = (int)cfg.workers, .changed = on_change,
 				      .chunksize = cfg.chunksize});
 	struct pool_config pc = {.worker_path = wpath, .workers = (int)cfg.workers,
@@ -409,6 +420,9 @@ int main(int argc, char **argv)
 
 	while (!got_term) {
 		int64_t next = http_tick(), pnext = pool_tick();
+		int64_t rnext = retention_tick();
+		if (rnext >= 0 && (next < 0 || rnext < next))
+			next = rnext;
 		if (pnext >= 0 && (next < 0 || pnext < next))
 			next = pnext;
 		int timeout = -1;
@@ -443,6 +457,7 @@ int main(int argc, char **argv)
 	pool_stop();
 	commit(store);
 	http_stop();
+	retention_free(); /* its statements, before the connection closes */
 	store_close(store);
 	catalog_free();
 	metrics_free();

@@ -326,7 +326,7 @@ TEST(metrics_show_pending_and_running_items_and_busy_workers_while_work_runs)
 		CHECK(harness_now_ms() < deadline);
 		usleep(10000);
 	}
-	server_stop(&s);
+	server_kill9(&s); /* no need to wait for the sleeps */
 }
 
 TEST(metrics_text_passes_promtool_check_metrics)
@@ -400,5 +400,5 @@ TEST(workers_list_each_process_with_pid_state_items_run_rss_and_current_item)
 	r = req(&s, "POST", "/v1/workers", "{}");
 	CHECK_INT(r.status, 405);
 	resp_free(&r);
-	server_stop(&s);
+	server_kill9(&s); /* no need to wait for the sleep */
 }

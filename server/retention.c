@@ -1,0 +1,381 @@
+/* retention.c - expiry and purge of done batches (see retention.h).
+ *
+ * The sweeper's steps, one per loop turn while there is work, each its own
+ * short transaction taken only when the store has none open:
+ *  1. delete up to STEP_FUTURES futures of a batch whose row is gone;
+ *  2. once after start-up, look for such batches (a crash between the two
+ *     moves), one index seek per batch id found in futures;
+ *  3. every pass interval, walk the batches by id and delete the rows of
+ *     those done before now - ttl. Ids grow with submission time, so the walk
+ *     stops at the first batch submitted after the cutoff: a pass costs the
+ *     old batches still kept (running ones, or done recently), not the table.
+ *
+ * WAL: SQLite checkpoints by itself after a commit once the log passes 1000
+ * pages; with one connection nothing holds a checkpoint back but an outside
+ * reader (a backup). journal_size_limit then cuts the file back to 64 MiB, so
+ * a burst of deletions does not leave a large log behind. */
+#include "retention.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "log.h"
+#include "loop.h"
+#include "metrics.h"
+
+#define STEP_FUTURES 2000   /* futures deleted per transaction: a few ms */
+#define STEP_SCAN 256	    /* batch rows looked at per step */
+#define STEP_EXPIRE 64	    /* batch rows deleted per step */
+#define STEP_ORPHANS 256    /* index seeks per step of the start-up search */
+#define WAL_LIMIT (64 << 20)
+
+enum { Q_SCAN, Q_DEL_BATCH, Q_DEL_FUTURES, Q_NEXT_FBATCH, Q_HAS_BATCH, Q_N };
+
+static const char *const qsql[Q_N] = {
+    [Q_SCAN] = "SELECT id, created_at, finished_at, n_pending + n_running FROM batches"
+	       " WHERE id > ?1 ORDER BY id LIMIT ?2",
+    [Q_DEL_BATCH] = "DELETE FROM batches WHERE id = ?1",
+    [Q_DEL_FUTURES] = "DELETE FROM futures WHERE batch_id = ?1 AND idx IN"
+		      " (SELECT idx FROM futures WHERE batch_id = ?1 ORDER BY idx LIMIT ?2)",
+    [Q_NEXT_FBATCH] = "SELECT min(batch_id) FROM futures WHERE batch_id > ?1",
+    [Q_HAS_BATCH] = "SELECT 1 FROM batches WHERE id = ?1",
+};
+
+static struct {
+	struct store *store;
+	sqlite3 *db;
+	sqlite3_stmt *q[Q_N];
+	int64_t ttl_ms;	     /* < 0: keep forever */
+	int64_t interval_ms; /* between passes */
+	int64_t next_ms;     /* monotonic: the next step is due */
+	/* batches whose rows are gone and whose futures remain */
+	int64_t *gone;
+	size_t ngone, capgone;
+	int orphans_done;
+	int64_t orphan_cursor;
+	/* the pass in progress */
+	int in_pass;
+	int64_t cursor, cutoff_ms, pass_deleted;
+} R;
+
+static int db_fail(const char *op)
+{
+	log_error("retention_db", "op=%s code=%d msg=\"%s\"", op, sqlite3_extended_errcode(R.db),
+		  sqlite3_errmsg(R.db));
+	return -1;
+}
+
+int retention_parse(const char *v, int64_t *ms)
+{
+	if (!strcmp(v, "off") || !strcmp(v, "never")) {
+		*ms = -1;
+		return 0;
+	}
+	char *end;
+	double n = strtod(v, &end);
+	if (end == v || !(n >= 0) || n > 1e9)
+		return -1;
+	double unit = 1000;
+	if (*end) {
+		switch (*end) {
+		case 's': unit = 1000; break;
+		case 'm': unit = 60e3; break;
+		case 'h': unit = 3600e3; break;
+		case 'd': unit = 86400e3; break;
+		case 'w': unit = 7 * 86400e3; break;
+		default: return -1;
+		}
+		if (end[1])
+			return -1;
+	}
+	*ms = n == 0 ? -1 : (int64_t)(n * unit);
+	if (*ms == 0)
+		*ms = 1;
+	return 0;
+}
+
+int retention_init(struct store *s, int64_t ttl_ms)
+{
+	retention_free();
+	R.store = s;
+	R.db = store_sqlite(s);
+	R.ttl_ms = ttl_ms == 0 ? RETENTION_DEFAULT_MS : ttl_ms;
+	/* A pass every minute, or more often for a short ttl (tests, demos). */
+	R.interval_ms = 60000;
+	if (R.ttl_ms > 0 && R.ttl_ms / 2 < R.interval_ms)
+		R.interval_ms = R.ttl_ms / 2 > 200 ? R.ttl_ms / 2 : 200;
+	for (int i = 0; i < Q_N; i++)
+		if (sqlite3_prepare_v3(R.db, qsql[i], -1, SQLITE_PREPARE_PERSISTENT, &R.q[i], NULL) != SQLITE_OK)
+			return db_fail(qsql[i]);
+	char pragma[64];
+	snprintf(pragma, sizeof pragma, "PRAGMA journal_size_limit = %d", WAL_LIMIT);
+	sqlite3_exec(R.db, pragma, NULL, NULL, NULL);
+	R.next_ms = now_mono_ms();
+	if (R.ttl_ms > 0)
+		log_info("retention", "result_ttl_s=%lld pass_every_ms=%lld", (long long)(R.ttl_ms / 1000),
+			 (long long)R.interval_ms);
+	else
+		log_info("retention", "result_ttl=off");
+	return 0;
+}
+
+void retention_free(void)
+{
+	for (int i = 0; i < Q_N; i++)
+		sqlite3_finalize(R.q[i]);
+	free(R.gone);
+	memset(&R, 0, sizeof R);
+}
+
+static void gone_push(int64_t id)
+{
+	for (size_t i = 0; i < R.ngone; i++)
+		if (R.gone[i] == id)
+			return;
+	if (R.ngone == R.capgone) {
+		R.capgone = R.capgone ? R.capgone * 2 : 16;
+		R.gone = realloc(R.gone, R.capgone * sizeof *R.gone);
+		if (!R.gone)
+			abort();
+	}
+	R.gone[R.ngone++] = id;
+}
+
+/* Steps a statement with no rows to return; resets it. */
+static int run(int q)
+{
+	int rc = sqlite3_step(R.q[q]);
+	sqlite3_reset(R.q[q]);
+	sqlite3_clear_bindings(R.q[q]);
+	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : db_fail(qsql[q]);
+}
+
+static int begin(void)
+{
+	return sqlite3_exec(R.db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : db_fail("begin");
+}
+
+static int end(int ok)
+{
+	if (ok && sqlite3_exec(R.db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
+		return 0;
+	if (ok)
+		db_fail("commit");
+	sqlite3_exec(R.db, "ROLLBACK", NULL, NULL, NULL);
+	return -1;
+}
+
+/* Step 1: some futures of the first batch whose row is gone. */
+static int delete_futures(void)
+{
+	int64_t id = R.gone[0];
+	if (begin() < 0)
+		return -1;
+	sqlite3_bind_int64(R.q[Q_DEL_FUTURES], 1, id);
+	sqlite3_bind_int(R.q[Q_DEL_FUTURES], 2, STEP_FUTURES);
+	int ok = run(Q_DEL_FUTURES) == 0;
+	int64_t n = ok ? sqlite3_changes64(R.db) : 0;
+	if (end(ok) < 0)
+		return -1;
+	metrics_retention(0, n);
+	if (n < STEP_FUTURES) {
+		memmove(R.gone, R.gone + 1, (R.ngone - 1) * sizeof *R.gone);
+		R.ngone--;
+	}
+	return 0;
+}
+
+/* Step 2: batch ids in futures without a batch row. */
+static void find_orphans(void)
+{
+	for (int i = 0; i < STEP_ORPHANS; i++) {
+		sqlite3_stmt *st = R.q[Q_NEXT_FBATCH];
+		sqlite3_bind_int64(st, 1, R.orphan_cursor);
+		int rc = sqlite3_step(st);
+		int found = rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL;
+		int64_t id = found ? sqlite3_column_int64(st, 0) : 0;
+		sqlite3_reset(st);
+		if (rc != SQLITE_ROW) {
+			db_fail("orphans");
+			return; /* try again next step */
+		}
+		if (!found) {
+			R.orphans_done = 1;
+			return;
+		}
+		R.orphan_cursor = id;
+		st = R.q[Q_HAS_BATCH];
+		sqlite3_bind_int64(st, 1, id);
+		rc = sqlite3_step(st);
+		sqlite3_reset(st);
+		if (rc == SQLITE_DONE) {
+			log_info("retention_orphans", "batch=%lld msg=\"futures without their batch; deleting them\"",
+				 (long long)id);
+			gone_push(id);
+		}
+	}
+}
+
+/* Step 3: part of a pass over the batches. Returns 1 when the pass is over. */
+static int expire_some(void)
+{
+	int64_t ids[STEP_EXPIRE];
+	int nexp = 0, over = 0, rows = 0;
+	sqlite3_stmt *st = R.q[Q_SCAN];
+	sqlite3_bind_int64(st, 1, R.cursor);
+	sqlite3_bind_int(st, 2, STEP_SCAN);
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		rows++;
+		int64_t id = sqlite3_column_int64(st, 0), created = sqlite3_column_int64(st, 1);
+		int done = sqlite3_column_type(st, 2) != SQLITE_NULL && sqlite3_column_int64(st, 3) == 0;
+		int64_t finished = done ? sqlite3_column_int64(st, 2) : 0;
+		if (created >= R.cutoff_ms) {
+			over = 1; /* this one and every later one are newer than the cutoff */
+			break;
+		}
+		R.cursor = id;
+		if (done && finished < R.cutoff_ms) {
+			ids[nexp++] = id;
+			if (nexp == STEP_EXPIRE)
+				break;
+		}
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		db_fail("scan");
+		return 1;
+	}
+	if (rc == SQLITE_DONE && rows < STEP_SCAN)
+		over = 1;
+	if (nexp) {
+		if (begin() < 0)
+			return 1;
+		int ok = 1;
+		for (int i = 0; i < nexp && ok; i++) {
+			sqlite3_bind_int64(R.q[Q_DEL_BATCH], 1, ids[i]);
+			ok = run(Q_DEL_BATCH) == 0;
+		}
+		if (end(ok) < 0)
+			return 1;
+		for (int i = 0; i < nexp; i++) {
+			log_debug("retention_expire", "batch=%lld", (long long)ids[i]);
+			gone_push(ids[i]);
+		}
+		metrics_retention(nexp, 0);
+		R.pass_deleted += nexp;
+	}
+	return over && nexp < STEP_EXPIRE;
+}
+
+int64_t retention_tick(void)
+{
+	if (!R.db)
+		return -1;
+	int64_t now = now_mono_ms();
+	if (R.next_ms > now)
+		return R.next_ms;
+	if (store_dirty(R.store))
+		return now + 10; /* the loop commits first; look again next turn */
+	if (R.ngone) {
+		if (delete_futures() < 0)
+			R.next_ms = now + 1000; /* the database is unwell: do not spin */
+		return R.next_ms;
+	}
+	if (!R.orphans_done) {
+		find_orphans();
+		return R.next_ms;
+	}
+	if (R.ttl_ms < 0) {
+		R.next_ms = now + 3600 * 1000;
+		return R.next_ms;
+	}
+	if (!R.in_pass) {
+		R.in_pass = 1;
+		R.cursor = 0;
+		R.pass_deleted = 0;
+		R.cutoff_ms = now_unix_ms() - R.ttl_ms;
+	}
+	if (expire_some()) {
+		R.in_pass = 0;
+		if (R.pass_deleted)
+			log_info("retention_pass", "expired_batches=%lld", (long long)R.pass_deleted);
+		if (!R.ngone)
+			R.next_ms = now + R.interval_ms;
+	}
+	return R.next_ms;
+}
+
+/* ---- DELETE /v1/batches/{id}?purge=true ---- */
+
+struct purge {
+	int64_t id, size;
+};
+
+static void purged(struct http_req *r, const struct purge *p)
+{
+	gone_push(p->id);
+	R.next_ms = now_mono_ms();
+	metrics_retention(1, 0);
+	log_info("purge", "batch=%lld items=%lld", (long long)p->id, (long long)p->size);
+	struct buf o = {0};
+	buf_printf(&o, "{\"id\":%lld,\"purged\":true,\"items\":%lld}", (long long)p->id, (long long)p->size);
+	http_reply(r, 200, &o);
+}
+
+int retention_delete(struct http_req *r, int64_t id)
+{
+	const char *v = http_query(r, "purge");
+	if (!v || !strcmp(v, "false") || !strcmp(v, "0"))
+		return 0;
+	if (strcmp(v, "true") && strcmp(v, "1")) {
+		http_error(r, 400, "invalid_request", "query parameter purge must be true or false, got \"%s\"", v);
+		return 1;
+	}
+	if (http_woken(r) != WAKE_NONE) {
+		/* The turn's commit, which held the deletion of the row, is over. */
+		struct purge *p = http_data(r);
+		if (http_woken(r) == WAKE_COMMIT && http_commit_ok(r))
+			purged(r, p);
+		else
+			http_error(r, 503, "unavailable", "the database failed; see the server log and retry");
+		return 1;
+	}
+	struct batch b;
+	int found = store_batch_get(R.store, id, &b);
+	if (found < 0) {
+		http_error(r, 503, "unavailable", "the database failed; see the server log and retry");
+		return 1;
+	}
+	if (!found) {
+		http_error(r, 404, "not_found", "there is no batch %lld", (long long)id);
+		return 1;
+	}
+	if (b.counts[FS_PENDING] + b.counts[FS_RUNNING] > 0) {
+		http_error(r, 409, "conflict",
+			   "batch %lld is not done (%lld pending, %lld running): cancel it first "
+			   "(DELETE without purge) or wait for it",
+			   (long long)id, (long long)b.counts[FS_PENDING], (long long)b.counts[FS_RUNNING]);
+		return 1;
+	}
+	/* Inside the turn's transaction when one is open (then answered after
+	 * its commit), else on its own. */
+	sqlite3_bind_int64(R.q[Q_DEL_BATCH], 1, id);
+	if (run(Q_DEL_BATCH) < 0) {
+		http_error(r, 503, "unavailable", "the database failed; see the server log and retry");
+		return 1;
+	}
+	struct purge *p = malloc(sizeof *p);
+	if (!p)
+		abort();
+	*p = (struct purge){.id = id, .size = b.size};
+	http_set_data(r, p, free);
+	if (store_dirty(R.store))
+		http_park_commit(r);
+	else
+		purged(r, p);
+	return 1;
+}

@@ -1,0 +1,243 @@
+/* test_retention.c - expiry (--result-ttl) and purge
+ * (DELETE /v1/batches/{id}?purge=true) against the real server: what goes,
+ * what stays, futures deleted in steps after the batch row, a purge cut short
+ * by kill -9 finished at the next start, and freed pages reused. */
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "client.h"
+#include "harness.h"
+#include "retention.h"
+
+/* One number from GET /metrics: the value of the line "key value". */
+static double metric(const struct server *s, const char *key)
+{
+	struct resp r = req(s, "GET", "/metrics", NULL);
+	CHECK_INT(r.status, 200);
+	size_t n = strlen(key);
+	for (const char *l = r.body; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+		if (!strncmp(l, key, n) && l[n] == ' ') {
+			double v = strtod(l + n + 1, NULL);
+			resp_free(&r);
+			return v;
+		}
+	FAILF("no %s in /metrics: %.3000s", key, r.body);
+}
+
+/* A count read straight from the database file, beside the running server
+ * (WAL lets a reader in). */
+static long long db_count(const struct server *s, const char *sql)
+{
+	sqlite3 *db;
+	if (sqlite3_open_v2(s->db, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+		FAILF("open %s: %s", s->db, sqlite3_errmsg(db));
+	sqlite3_busy_timeout(db, 5000);
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		FAILF("%s: %s", sql, sqlite3_errmsg(db));
+	long long n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return n;
+}
+
+static long status_of(const struct server *s, const char *method, const char *path)
+{
+	struct resp r = req(s, method, path, NULL);
+	long st = r.status;
+	resp_free(&r);
+	return st;
+}
+
+static char *squares(int n)
+{
+	struct buf b = {0};
+	buf_adds(&b, "{\"task\":\"square\",\"items\":[");
+	for (int i = 0; i < n; i++)
+		buf_printf(&b, "%s[%d]", i ? "," : "", i);
+	buf_adds(&b, "],\"chunksize\":5000}");
+	size_t len;
+	return buf_steal(&b, &len);
+}
+
+static void wait_until_gone(const struct server *s, int64_t id, int secs)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/v1/batches/%lld", (long long)id);
+	int64_t deadline = harness_now_ms() + secs * 1000LL;
+	while (status_of(s, "GET", path) != 404) {
+		if (harness_now_ms() > deadline)
+			FAILF("batch %lld is still there after %d s", (long long)id, secs);
+		usleep(20000);
+	}
+}
+
+static void wait_count(const struct server *s, const char *sql, long long want, int secs)
+{
+	int64_t deadline = harness_now_ms() + secs * 1000LL;
+	long long n;
+	while ((n = db_count(s, sql)) != want) {
+		if (harness_now_ms() > deadline)
+			FAILF("%s is %lld after %d s, expected %lld", sql, n, secs, want);
+		usleep(20000);
+	}
+}
+
+TEST(retention_parses_durations_with_units_and_off)
+{
+	int64_t ms;
+	CHECK_INT(retention_parse("90s", &ms), 0);
+	CHECK_INT(ms, 90000);
+	CHECK_INT(retention_parse("30m", &ms), 0);
+	CHECK_INT(ms, 1800000);
+	CHECK_INT(retention_parse("12h", &ms), 0);
+	CHECK_INT(ms, 43200000);
+	CHECK_INT(retention_parse("7d", &ms), 0);
+	CHECK_INT(ms, RETENTION_DEFAULT_MS);
+	CHECK_INT(retention_parse("2w", &ms), 0);
+	CHECK_INT(ms, 14 * 86400000LL);
+	CHECK_INT(retention_parse("45", &ms), 0);
+	CHECK_INT(ms, 45000);
+	CHECK_INT(retention_parse("1.5s", &ms), 0);
+	CHECK_INT(ms, 1500);
+	CHECK_INT(retention_parse("off", &ms), 0);
+	CHECK_INT(ms, -1);
+	CHECK_INT(retention_parse("0", &ms), 0);
+	CHECK_INT(ms, -1);
+	CHECK_INT(retention_parse("7 days", &ms), -1);
+	CHECK_INT(retention_parse("-1d", &ms), -1);
+	CHECK_INT(retention_parse("d", &ms), -1);
+	CHECK_INT(retention_parse("", &ms), -1);
+	CHECK_INT(retention_parse("3y", &ms), -1);
+}
+
+TEST(retention_deletes_batches_done_longer_than_the_ttl_and_keeps_running_ones)
+{
+	struct server s;
+	server_start(&s, "--workers", "2", "--result-ttl", "2s", NULL);
+	CHECK_INT(server_log_count(&s, "event=retention", "result_ttl_s=2", NULL), 1);
+	int64_t running = submit(&s, "{\"task\":\"sleep\",\"items\":[[30]]}");
+	int64_t done = submit(&s, "{\"task\":\"square\",\"items\":[[1],[2],[3]]}");
+	json_decref(wait_batch(&s, done, 60));
+	int64_t t0 = harness_now_ms();
+	CHECK_INT(status_of(&s, "GET", "/v1/batches/2"), 200); /* not yet: done just now */
+	wait_until_gone(&s, done, 20);
+	/* Not before its time (finished_at has millisecond grain). */
+	CHECK(harness_now_ms() - t0 >= 1900);
+	CHECK_INT(status_of(&s, "GET", "/v1/batches/2/results"), 404);
+	wait_count(&s, "SELECT count(*) FROM futures WHERE batch_id = 2", 0, 20);
+	/* The running batch is older than the ttl, and stays. */
+	CHECK_INT(status_of(&s, "GET", "/v1/batches/1"), 200);
+	CHECK_INT(db_count(&s, "SELECT count(*) FROM futures WHERE batch_id = 1"), 1);
+	CHECK_INT(metric(&s, "forkpool_retention_deleted_batches_total"), 1);
+	CHECK_INT(metric(&s, "forkpool_retention_deleted_items_total"), 3);
+	CHECK_INT(metric(&s, "forkpool_items{state=\"finished\"}"), 0);
+	(void)running;
+	server_kill9(&s); /* no need to wait for the sleep */
+}
+
+TEST(retention_off_keeps_done_batches)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", "--result-ttl", "off", NULL);
+	CHECK_INT(server_log_count(&s, "event=retention", "result_ttl=off", NULL), 1);
+	server_stop(&s);
+	char out[256];
+	snprintf(out, sizeof out, "%s/forkpoold --result-ttl 7days --db x.db 2>&1 | grep -q 'expected a duration'",
+		 harness_bin_dir());
+	CHECK_INT(system(out), 0);
+}
+
+TEST(retention_purge_deletes_a_done_batch_at_once)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t keep = submit(&s, "{\"task\":\"square\",\"items\":[[5]]}");
+	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[1],[2],[3]]}");
+	json_decref(wait_batch(&s, keep, 60));
+	json_decref(wait_batch(&s, id, 60));
+	struct resp r = req(&s, "DELETE", "/v1/batches/2?purge=true", NULL);
+	CHECK_INT(r.status, 200);
+	CHECK_INT(jint(r.json, "id"), id);
+	CHECK(json_is_true(jget(r.json, "purged")));
+	CHECK_INT(jint(r.json, "items"), 3);
+	resp_free(&r);
+	CHECK_INT(status_of(&s, "GET", "/v1/batches/2"), 404);
+	CHECK_INT(status_of(&s, "GET", "/v1/batches/2/results"), 404);
+	CHECK_INT(status_of(&s, "GET", "/v1/batches/2/futures/0"), 404);
+	CHECK_INT(status_of(&s, "DELETE", "/v1/batches/2?purge=true"), 404);
+	r = req(&s, "GET", "/v1/batches", NULL);
+	json_t *list = jget(r.json, "batches");
+	CHECK_INT(json_array_size(list), 1);
+	CHECK_INT(jint(json_array_get(list, 0), "id"), keep);
+	resp_free(&r);
+	wait_count(&s, "SELECT count(*) FROM futures WHERE batch_id = 2", 0, 20);
+	CHECK_INT(db_count(&s, "SELECT count(*) FROM futures WHERE batch_id = 1"), 1);
+	CHECK_INT(server_log_count(&s, "event=purge", "batch=2", "items=3", NULL), 1);
+	server_stop(&s);
+}
+
+TEST(retention_purge_refuses_a_batch_that_is_not_done_and_a_bad_value)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	submit(&s, "{\"task\":\"sleep\",\"items\":[[30],[30]],\"chunksize\":1}");
+	struct resp r = req(&s, "DELETE", "/v1/batches/1?purge=true", NULL);
+	CHECK_INT(r.status, 409);
+	CHECK_STR(jstr(jget(r.json, "error"), "code"), "conflict");
+	CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), "is not done");
+	resp_free(&r);
+	r = req(&s, "DELETE", "/v1/batches/1?purge=yes", NULL);
+	CHECK_INT(r.status, 400);
+	CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), "purge must be true or false");
+	resp_free(&r);
+	CHECK_INT(status_of(&s, "DELETE", "/v1/batches/9?purge=true"), 404);
+	CHECK_INT(status_of(&s, "GET", "/v1/batches/1"), 200);
+	server_kill9(&s); /* no need to wait for the sleeps */
+}
+
+TEST_T(retention_purge_of_a_large_batch_goes_in_steps_and_its_pages_are_reused, 120)
+{
+	struct server s;
+	server_start(&s, "--workers", "2", NULL);
+	char *body = squares(50000);
+	json_decref(wait_batch(&s, submit(&s, body), 60));
+	CHECK_INT(status_of(&s, "DELETE", "/v1/batches/1?purge=true"), 200);
+	/* The loop keeps answering while the futures go. */
+	int64_t worst = 0;
+	while (metric(&s, "forkpool_retention_deleted_items_total") < 50000) {
+		int64_t t = harness_now_ms();
+		CHECK_INT(status_of(&s, "GET", "/healthz"), 200);
+		if (harness_now_ms() - t > worst)
+			worst = harness_now_ms() - t;
+	}
+	CHECK(worst < 500);
+	CHECK_INT(db_count(&s, "SELECT count(*) FROM futures"), 0);
+	double freed = metric(&s, "forkpool_db_free_bytes");
+	CHECK(freed > 1e6);
+	/* The same work again goes into the freed pages. */
+	json_decref(wait_batch(&s, submit(&s, body), 60));
+	CHECK(metric(&s, "forkpool_db_free_bytes") < freed / 4);
+	server_stop(&s);
+	free(body);
+}
+
+TEST_T(retention_finishes_a_purge_that_kill_9_cut_short, 120)
+{
+	struct server s;
+	server_start(&s, "--workers", "2", NULL);
+	char *body = squares(50000);
+	json_decref(wait_batch(&s, submit(&s, body), 60));
+	free(body);
+	CHECK_INT(status_of(&s, "DELETE", "/v1/batches/1?purge=true"), 200);
+	server_kill9(&s);
+	server_start(&s, "--workers", "1", NULL);
+	CHECK_INT(status_of(&s, "GET", "/v1/batches/1"), 404);
+	wait_count(&s, "SELECT count(*) FROM futures", 0, 60);
+	server_stop(&s);
+}
