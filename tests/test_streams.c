@@ -60,6 +60,21 @@ static char *path_of(const char *fmt, int64_t id)
 	return p;
 }
 
+/* Polls until the batch has at least n items running. */
+static void wait_running(const struct server *s, int64_t id, int n)
+{
+	int64_t deadline = in_ms(10000);
+	for (;;) {
+		struct resp r = req(s, "GET", path_of("/v1/batches/%lld", id), NULL);
+		int running = (int)jint(jget(r.json, "counts"), "running");
+		resp_free(&r);
+		if (running >= n)
+			return;
+		if (harness_now_ms() > deadline)
+			FAILF("batch %lld never had %d items running", (long long)id, n);
+	}
+}
+
 static const char *const SLEEPS = "{\"task\":\"sleep\",\"chunksize\":1,\"items\":[[0.9],[0.1],[0.5],[0.05]]}";
 
 TEST(stream_ndjson_in_completion_order)
@@ -432,16 +447,7 @@ TEST(cancel_a_batch_cancels_pending_and_lets_running_finish)
 	struct server s;
 	server_start(&s, "--workers", "1", NULL);
 	int64_t id = submit(&s, "{\"task\":\"sleep\",\"chunksize\":1,\"items\":[[0.5],[0.5],[0.5],[0.5],[0.5]]}");
-	/* Wait until the first item runs. */
-	int64_t deadline = in_ms(10000);
-	for (;;) {
-		struct resp r = req(&s, "GET", path_of("/v1/batches/%lld", id), NULL);
-		int running = (int)jint(jget(r.json, "counts"), "running");
-		resp_free(&r);
-		if (running)
-			break;
-		CHECK(harness_now_ms() < deadline);
-	}
+	wait_running(&s, id, 1);
 	/* A waiter and a stream see the cancel at once. */
 	struct rawconn *st = raw_get(&s, path_of("/v1/batches/%lld/results?order=submitted", id), NDJSON);
 	CHECK_INT(raw_headers(st, in_ms(10000)), 200);
@@ -484,15 +490,7 @@ TEST(cancel_with_terminate_kills_the_running_items_workers)
 	struct server s;
 	server_start(&s, "--workers", "2", NULL);
 	int64_t id = submit(&s, "{\"task\":\"spin\",\"chunksize\":1,\"items\":[[30],[30],[30]]}");
-	int64_t deadline = in_ms(10000);
-	for (;;) {
-		struct resp r = req(&s, "GET", path_of("/v1/batches/%lld", id), NULL);
-		int running = (int)jint(jget(r.json, "counts"), "running");
-		resp_free(&r);
-		if (running == 2)
-			break;
-		CHECK(harness_now_ms() < deadline);
-	}
+	wait_running(&s, id, 2);
 	int64_t t0 = harness_now_ms();
 	struct resp r = req(&s, "DELETE", path_of("/v1/batches/%lld?terminate=true", id), NULL);
 	CHECK_INT(r.status, 200);
@@ -513,7 +511,7 @@ TEST(cancel_a_future_like_future_cancel)
 {
 	struct server s;
 	server_start(&s, "--workers", "1", NULL);
-	int64_t id = submit(&s, "{\"task\":\"sleep\",\"chunksize\":1,\"items\":[[0.01],[0.5],[5],[5]]}");
+	int64_t id = submit(&s, "{\"task\":\"sleep\",\"chunksize\":1,\"items\":[[0.01],[0.5],[1],[5]]}");
 	char path[128];
 	/* Item 0 finished, item 1 running. */
 	snprintf(path, sizeof path, "/v1/batches/%lld/futures/0?wait=10", (long long)id);
@@ -562,15 +560,7 @@ TEST(cancel_survives_a_crash_cancelled_items_never_run)
 	struct server s;
 	server_start(&s, "--workers", "1", NULL);
 	int64_t id = submit(&s, "{\"task\":\"sleep\",\"chunksize\":1,\"items\":[[30],[0.01],[0.01],[0.01]]}");
-	int64_t deadline = in_ms(10000);
-	for (;;) {
-		struct resp r = req(&s, "GET", path_of("/v1/batches/%lld", id), NULL);
-		int running = (int)jint(jget(r.json, "counts"), "running");
-		resp_free(&r);
-		if (running)
-			break;
-		CHECK(harness_now_ms() < deadline);
-	}
+	wait_running(&s, id, 1);
 	struct resp r = req(&s, "DELETE", path_of("/v1/batches/%lld", id), NULL);
 	CHECK_INT(jint(jget(r.json, "counts"), "cancelled"), 3);
 	resp_free(&r);
