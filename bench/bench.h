@@ -37,6 +37,9 @@ int fpserver_start(struct fpserver *s, const char *bin, const char *const *extra
 long fpserver_peak_rss_kib(const struct fpserver *s);
 /* The CPU seconds (user + system) the server process has used so far, or -1. */
 double fpserver_cpu_s(const struct fpserver *s);
+/* The server's context switches so far: voluntary (it waited) and not
+ * (it was preempted: the machine is busy). 0, or -1. */
+int fpserver_switches(const struct fpserver *s, long long *vol, long long *invol);
 /* The size of the database and its WAL in bytes. */
 long long fpserver_db_bytes(const struct fpserver *s);
 /* SIGTERM, waits for the exit, removes the directory. 0 on a clean exit. */
@@ -55,9 +58,9 @@ enum input_mode { INPUT_NDJSON, INPUT_JSON };
 int client_probe_ndjson(const struct fpserver *s);
 
 struct map_run {
-	double seconds;	  /* first byte sent to last result received */
-	double ingest_s;  /* first byte sent to the last 201 */
-	long long items;  /* results read, all checked */
+	double seconds;  /* first byte sent to last result received */
+	double ingest_s; /* first byte sent to the last 201 */
+	long long items; /* results read, all checked */
 };
 
 /* Runs square over 0..n-1 as one batch (NDJSON in; as JSON arrays of at

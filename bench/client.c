@@ -14,7 +14,7 @@
 #include "buf.h"
 
 #define STREAM_BUFFER (512 * 1024)
-#define WARMUP_CALLS 20
+#define WARMUP_CALLS  20
 
 double now_s(void)
 {
@@ -47,8 +47,8 @@ static CURL *easy(const struct fpserver *s, const char *path, struct buf *body)
 static const char *curl_why(CURLcode rc) { return curl_easy_strerror(rc); }
 
 /* POSTs body[0..len) with the given Content-Type; returns the status or -1. */
-static long post(const struct fpserver *s, const char *path, const char *ctype, const char *body,
-		 size_t len, struct buf *resp)
+static long post(const struct fpserver *s, const char *path, const char *ctype, const char *body, size_t len,
+		 struct buf *resp)
 {
 	CURL *c = easy(s, path, resp);
 	char ct[128];
@@ -125,8 +125,8 @@ static long long batch_id(const char *body)
 /* ---- results as an NDJSON stream ---- */
 
 struct stream_check {
-	struct buf line;      /* a line cut by the end of a read */
-	long long lines, bad; /* lines read; lines not a finished future */
+	struct buf line;       /* a line cut by the end of a read */
+	long long lines, bad;  /* lines read; lines not a finished future */
 	unsigned __int128 sum; /* of the results */
 	char first_bad[256];
 };
@@ -313,8 +313,8 @@ int client_sequential(const struct fpserver *s, long n, struct latencies *out)
 	memset(out, 0, sizeof *out);
 	struct buf resp = {0};
 	CURL *c = easy(s, "/v1/batches?wait=5", &resp);
-	struct curl_slist *h = curl_slist_append(curl_slist_append(NULL, "Content-Type: application/json"),
-						 "Expect:");
+	struct curl_slist *h =
+		curl_slist_append(curl_slist_append(NULL, "Content-Type: application/json"), "Expect:");
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
 	long cap = 0, conns = 0;
 	int rc = 0;
@@ -336,8 +336,8 @@ int client_sequential(const struct fpserver *s, long n, struct latencies *out)
 		}
 		buf_addc(&resp, '\0');
 		if (!answer_ok(status, &resp)) {
-			fprintf(stderr, "bench: sequential call %ld: %s, status %ld: %.300s\n", i, curl_why(cr),
-				status, resp.data);
+			fprintf(stderr, "bench: sequential call %ld: %s, status %ld: %.300s\n", i,
+				curl_why(cr), status, resp.data);
 			rc = -1;
 		}
 		if (i >= 0) {
@@ -347,8 +347,10 @@ int client_sequential(const struct fpserver *s, long n, struct latencies *out)
 	}
 	out->seconds = now_s() - t0;
 	if (!rc && conns > 0)
-		fprintf(stderr, "bench: note: the sequential calls opened %ld new connections (keep-alive "
-			"was expected to hold one)\n", conns);
+		fprintf(stderr,
+			"bench: note: the sequential calls opened %ld new connections (keep-alive "
+			"was expected to hold one)\n",
+			conns);
 	curl_slist_free_all(h);
 	curl_easy_cleanup(c);
 	buf_free(&resp);
@@ -380,8 +382,8 @@ int client_concurrent(const struct fpserver *s, int clients, double seconds, str
 	struct client *cls = calloc((size_t)clients, sizeof *cls);
 	if (!m || !cls)
 		abort();
-	struct curl_slist *h = curl_slist_append(curl_slist_append(NULL, "Content-Type: application/json"),
-						 "Expect:");
+	struct curl_slist *h =
+		curl_slist_append(curl_slist_append(NULL, "Content-Type: application/json"), "Expect:");
 	curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)clients * 2);
 	long long next = 0, failed = 0;
 	long cap = 0;

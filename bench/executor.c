@@ -51,8 +51,7 @@ static double num(const json_t *o, const char *key)
 	return json_is_number(v) ? json_number_value(v) : -1;
 }
 
-int executor_run(const char *python, const char *workload, long long n, int workers,
-		 struct executor_run *out)
+int executor_run(const char *python, const char *workload, long long n, int workers, struct executor_run *out)
 {
 	char nstr[32], wstr[16];
 	snprintf(nstr, sizeof nstr, "%lld", n);
@@ -104,8 +103,8 @@ int executor_run(const char *python, const char *workload, long long n, int work
 		rc = out->seconds > 0 && out->items == n ? 0 : -1;
 	}
 	if (rc < 0)
-		fprintf(stderr, "bench: executor.py %s %lld failed (status %#x): %.300s\n", workload, n, status,
-			text.data);
+		fprintf(stderr, "bench: executor.py %s %lld failed (status %#x): %.300s\n", workload, n,
+			status, text.data);
 	json_decref(j);
 	buf_free(&text);
 	return rc;

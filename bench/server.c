@@ -16,8 +16,8 @@
 #include <unistd.h>
 
 #define START_DEADLINE_S 30.0
-#define STOP_DEADLINE_S 60.0
-#define MAX_ARGS 32
+#define STOP_DEADLINE_S  60.0
+#define MAX_ARGS         32
 
 static void pause_ms(int ms)
 {
@@ -145,6 +145,24 @@ long fpserver_peak_rss_kib(const struct fpserver *s)
 			kib = strtol(line + 6, NULL, 10);
 	fclose(f);
 	return kib;
+}
+
+int fpserver_switches(const struct fpserver *s, long long *vol, long long *invol)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/%d/status", (int)s->pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	int found = 0;
+	while (fgets(line, sizeof line, f)) {
+		if (!strncmp(line, "voluntary_ctxt_switches:", 24))
+			found += sscanf(line + 24, "%lld", vol) == 1;
+		else if (!strncmp(line, "nonvoluntary_ctxt_switches:", 27))
+			found += sscanf(line + 27, "%lld", invol) == 1;
+	}
+	fclose(f);
+	return found == 2 ? 0 : -1;
 }
 
 double fpserver_cpu_s(const struct fpserver *s)

@@ -12,7 +12,7 @@
 #include "harness.h"
 
 #define BEGIN_MARK "<!-- forkpool-bench: begin"
-#define END_MARK "<!-- forkpool-bench: end -->"
+#define END_MARK   "<!-- forkpool-bench: end -->"
 
 /* Runs forkpool-bench --quick --out out with the extra environment setting
  * (NAME=value, or NULL); its stdout goes to bench.out. Returns the exit status. */
@@ -82,8 +82,8 @@ static int check_tables(const char *text, int *rows, int max)
 			row = 0;
 		} else {
 			if (pipes(p, len) != want)
-				FAILF("a row with %d cells under a header of %d: %.*s", pipes(p, len) - 1, want - 1,
-				      (int)len, p);
+				FAILF("a row with %d cells under a header of %d: %.*s", pipes(p, len) - 1,
+				      want - 1, (int)len, p);
 			if (row == 0 && strncmp(p, "|---", 4) && strncmp(p, "|--:", 4))
 				FAILF("no separator line under the header: %.*s", (int)len, p);
 			if (row > 0)
@@ -113,8 +113,12 @@ TEST_T(bench_quick_writes_a_well_formed_table, 180)
 	CHECK_INT(check_tables(out, rows, 4), 2);
 	CHECK(rows[0] >= 10);
 	CHECK_INT(rows[1], 4); /* W6: 2 sizes x 1 and 2 workers */
-	static const char *const expect[] = {"| W1 | items/s |", "| W2 | p50 ms |", "| W2 | p99 ms |",
-					     "| W3 | items/s |",  "| W4 | speedup",    "| W5 | server peak RSS MiB |",
+	static const char *const expect[] = {"| W1 | items/s |",
+					     "| W2 | p50 ms |",
+					     "| W2 | p99 ms |",
+					     "| W3 | items/s |",
+					     "| W4 | speedup",
+					     "| W5 | server peak RSS MiB |",
 					     "| W5 | database bytes per item |"};
 	for (size_t i = 0; i < sizeof expect / sizeof expect[0]; i++)
 		CHECK_CONTAINS(out, expect[i]);
