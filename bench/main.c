@@ -36,8 +36,8 @@ static const char usage[] =
 	"  --out FILE     also write the table into FILE, between its bench markers\n"
 	"                 (make bench: docs/benchmarks.md)\n"
 	"  --server PATH  the forkpoold to measure (default: beside this program)\n"
-	"Environment (defaults in brackets; item counts and durations are multiplied by\n"
-	"BENCH_SCALE [1], e.g. make bench BENCH_SCALE=0.1):\n"
+	"Environment (defaults in brackets; the sizes of W1, W4, W5 and W6 are multiplied by\n"
+	"BENCH_SCALE [1], e.g. make bench BENCH_SCALE=0.1; W2 and W3 are short and keep theirs):\n"
 	"  BENCH_REPS [3]  BENCH_WORKLOADS [W1,W2,W3,W4,W5,W6]  BENCH_CHUNKSIZE [10000]\n"
 	"  BENCH_W1_ITEMS [1000000]  BENCH_W2_CALLS [2000]  BENCH_W3_CLIENTS [64]\n"
 	"  BENCH_W3_SECONDS [10]  BENCH_W3_CALLS [20000] (the executor's)  BENCH_W4_END [1e10]\n"
@@ -140,10 +140,10 @@ static void knobs_read(struct knobs *k, int quick)
 	k->chunksize = (long)env_num("BENCH_CHUNKSIZE", 10000, 1, 1e9);
 	k->w1_items = scaled("BENCH_W1_ITEMS", 1e6, s, 100);
 	k->w5_items = scaled("BENCH_W5_ITEMS", 1e7, s, 100);
-	k->w2_calls = (long)scaled("BENCH_W2_CALLS", 2000, s, 20);
-	k->w3_calls = (long)scaled("BENCH_W3_CALLS", 20000, s, 100);
+	k->w2_calls = (long)scaled("BENCH_W2_CALLS", 2000, 1, 20);
+	k->w3_calls = (long)scaled("BENCH_W3_CALLS", 20000, 1, 100);
 	k->w3_clients = (int)env_num("BENCH_W3_CLIENTS", 64, 1, 1000);
-	k->w3_seconds = env_num("BENCH_W3_SECONDS", 10 * s < 1 ? 1 : 10 * s, 0.1, 3600);
+	k->w3_seconds = env_num("BENCH_W3_SECONDS", 10, 0.1, 3600);
 	/* Not the issue's 2e7: the workers' segmented sieve counts the primes
 	 * below 2e7 in about 20 ms, which measures round trips, not parallel
 	 * speedup. Below 1e10 it takes seconds. */
@@ -733,7 +733,7 @@ static void report(struct buf *o, const struct knobs *k, int quick, const char *
 	cpu_model(cpu, sizeof cpu);
 	time_t t = time(NULL);
 	strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&t));
-	char commit[128];
+	char commit[256];
 	snprintf(commit, sizeof commit, "%s", shell_line("git rev-parse --short HEAD 2>/dev/null"));
 	const char *dirty = *commit && system("git diff --quiet HEAD -- server worker common 2>/dev/null")
 				    ? " (with uncommitted changes in server/, worker/ or common/)"
