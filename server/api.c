@@ -672,6 +672,7 @@ static void cancel_batch(struct http_req *r, int64_t id)
 	int n = store_cancel_pending(C.store, id, b.size, now_unix_ms());
 	if (n < 0)
 		return db_error(r);
+	metrics_items_cancelled(b.task, n);
 	int killed = t && !strcmp(t, "true") ? pool_terminate_batch(id) : 0;
 	log_info("batch_cancel", "batch=%lld cancelled=%d terminated_workers=%d", (long long)id, n, killed);
 	if (n > 0)

@@ -329,6 +329,24 @@ TEST(metrics_show_pending_and_running_items_and_busy_workers_while_work_runs)
 	server_kill9(&s); /* no need to wait for the sleeps */
 }
 
+TEST(metrics_count_cancelled_items_by_task)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	submit(&s, "{\"task\":\"sleep\",\"items\":[[30],[30],[30]],\"chunksize\":1}");
+	struct resp r = req(&s, "DELETE", "/v1/batches/1", NULL);
+	CHECK_INT(r.status, 200);
+	resp_free(&r);
+	struct scrape sc = scrape(&s);
+	/* Those still pending when the cancel came: two, or three if the
+	 * worker had not taken the first yet. */
+	double n = val(&sc, "forkpool_items_completed_total{task=\"sleep\",state=\"cancelled\"}");
+	CHECK(n == 2 || n == 3);
+	CHECK_INT(val(&sc, "forkpool_items{state=\"cancelled\"}"), n);
+	scrape_free(&sc);
+	server_kill9(&s);
+}
+
 TEST(metrics_text_passes_promtool_check_metrics)
 {
 	struct server s;
