@@ -14,14 +14,14 @@
 #include "metrics.h"
 #include "pool.h"
 #include "retention.h"
+#include "request.h"
+#include "sha256.h"
 #include "stream.h"
 #include "upload.h"
 #include "views.h"
 
 #define MAX_WAIT_S 3600
 #define UPLOAD_MAX_ITEMS 100000000LL /* items in one NDJSON batch */
-#define MAX_CHUNKSIZE 1000000000LL
-#define MAX_TIMEOUT_S 1e7
 #define DEFAULT_LIST_LIMIT 100
 #define MAX_LIST_LIMIT 1000
 
@@ -368,6 +368,7 @@ struct submitted {
 	struct batch b;
 	double wait; /* POST ?wait=S */
 	int committed;
+	int replay; /* an Idempotency-Key seen before: answer 200 with batch b.id */
 };
 
 /* 201 with the batch and "results": every future in submission order. */
@@ -469,83 +470,67 @@ static int content_type_ok(struct http_req *r)
 	return !strncasecmp(ct, "application/json", n) && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
 }
 
-/* Validates the body; fills b (but for id and times) or answers 400. */
-static int validate(struct http_req *r, json_t *root, struct batch *b, const struct task_info **ti,
-		    json_t **items)
+/* ---- Idempotency-Key ---- */
+
+/* 200 with the batch an earlier request with the same key and body made. */
+static void idempotent_replay(struct http_req *r, int64_t id)
 {
-	if (!json_is_object(root)) {
-		http_error(r, 400, "invalid_request", "the body must be a JSON object such as "
-			   "{\"task\": \"square\", \"items\": [[1], [2]]}");
-		return -1;
+	if (http_woken(r) != WAKE_NONE && (http_woken(r) != WAKE_COMMIT || !http_commit_ok(r)))
+		return db_error(r); /* the original's commit failed with this one's */
+	struct batch b;
+	int found = store_batch_get(C.store, id, &b);
+	if (found < 0)
+		return db_error(r);
+	if (!found)
+		return http_error(r, 410, "gone", "the batch %lld this Idempotency-Key made is gone",
+				  (long long)id);
+	char loc[64];
+	snprintf(loc, sizeof loc, "/v1/batches/%lld", (long long)id);
+	http_add_header(r, "Location", loc);
+	http_add_header(r, "Idempotent-Replayed", "true");
+	reply_batch(r, 200, &b);
+}
+
+/* Looks the key up. Returns 1 when the request is answered (a bad key, a
+ * key reused with another body: 409, a replay: 200) or parked, 0 when it is
+ * new (hash then holds the body's SHA-256 for store_idem_put). */
+static int idempotency_check(struct http_req *r, struct submitted *s, const char *key,
+			     const char *body, size_t len, unsigned char hash[32])
+{
+	size_t n = strlen(key);
+	int ok = n >= 1 && n <= 255;
+	for (size_t i = 0; ok && i < n; i++)
+		ok = key[i] > 0x20 && key[i] < 0x7f;
+	if (!ok) {
+		http_error(r, 400, "invalid_request",
+			   "Idempotency-Key must be 1 to 255 visible ASCII characters");
+		return 1;
 	}
-	const char *key;
-	json_t *v;
-	json_object_foreach(root, key, v)
-	{
-		if (strcmp(key, "task") && strcmp(key, "items") && strcmp(key, "chunksize") &&
-		    strcmp(key, "timeout")) {
-			http_error(r, 400, "invalid_request",
-				   "unknown field \"%s\" (a batch has task, items, chunksize, timeout)", key);
-			return -1;
-		}
+	sha256(body, len, hash);
+	int64_t id;
+	int found = store_idem_get(C.store, key, hash, &id);
+	if (found < 0) {
+		db_error(r);
+		return 1;
 	}
-	json_t *task = json_object_get(root, "task");
-	if (!json_is_string(task)) {
-		http_error(r, 400, "invalid_request", "task: %s", task ? "must be a string" : "is required");
-		return -1;
+	if (found == 2) {
+		http_error(r, 409, "idempotency_key_reused",
+			   "Idempotency-Key \"%s\" was sent before with a different body (it made batch "
+			   "%lld); use a new key for a new batch",
+			   key, (long long)id);
+		return 1;
 	}
-	*ti = catalog_find(json_string_value(task));
-	if (!*ti) {
-		http_error(r, 400, "invalid_request", "task: there is no task \"%s\" (GET /v1/tasks lists them)",
-			   json_string_value(task));
-		return -1;
-	}
-	*items = json_object_get(root, "items");
-	if (!json_is_array(*items) || json_array_size(*items) == 0) {
-		http_error(r, 400, "invalid_request", "items: %s",
-			   !*items ? "is required: an array with one array of arguments per call"
-			   : json_is_array(*items) ? "must not be empty"
-						   : "must be an array with one array of arguments per call");
-		return -1;
-	}
-	size_t i;
-	json_array_foreach(*items, i, v)
-	{
-		char err[512];
-		if (catalog_check(*ti, v, err, sizeof err) < 0) {
-			http_error(r, 400, "invalid_request", "items[%zu]: %s", i, err);
-			return -1;
-		}
-	}
-	memset(b, 0, sizeof *b);
-	snprintf(b->task, sizeof b->task, "%s", (*ti)->name);
-	b->size = (int64_t)json_array_size(*items);
-	v = json_object_get(root, "chunksize");
-	if (v) {
-		if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > MAX_CHUNKSIZE) {
-			http_error(r, 400, "invalid_request", "chunksize: must be an integer from 1 to %lld",
-				   MAX_CHUNKSIZE);
-			return -1;
-		}
-		b->chunksize = json_integer_value(v);
-	} else if (C.chunksize > 0) {
-		b->chunksize = C.chunksize;
-	} else {
-		int64_t per = (int64_t)C.workers * 4;
-		b->chunksize = (b->size + per - 1) / per;
-		if (b->chunksize < 1)
-			b->chunksize = 1;
-	}
-	v = json_object_get(root, "timeout");
-	if (v && !json_is_null(v)) {
-		if (!json_is_number(v) || !(json_number_value(v) > 0) || json_number_value(v) > MAX_TIMEOUT_S) {
-			http_error(r, 400, "invalid_request",
-				   "timeout: must be a number of seconds above 0 (at most %g)", MAX_TIMEOUT_S);
-			return -1;
-		}
-		b->timeout = json_number_value(v);
-	}
-	return 0;
+	if (found == 0)
+		return 0;
+	s->replay = 1;
+	s->b.id = id;
+	/* The first request may be in this turn's transaction still: answer
+	 * after the commit, which it may not survive. */
+	if (store_dirty(C.store))
+		http_park_commit(r);
+	else
+		idempotent_replay(r, id);
+	return 1;
 }
 
 static void post_batch(struct http_req *r)
@@ -554,6 +539,8 @@ static void post_batch(struct http_req *r)
 		/* The turn's commit has happened (or the server is stopping). */
 		struct submitted *s = http_data(r);
 		enum http_wake why = http_woken(r);
+		if (s->replay)
+			return idempotent_replay(r, s->b.id);
 		if (why == WAKE_COMMIT && !http_commit_ok(r))
 			return db_error(r);
 		if (why == WAKE_SHUTDOWN && !s->committed)
@@ -588,30 +575,32 @@ static void post_batch(struct http_req *r)
 				  http_header(r, "Content-Type"));
 	size_t len;
 	const char *body = http_body(r, &len);
-	json_error_t jerr;
-	json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-	if (!root)
-		return http_error(r, 400, "invalid_json", "the body is not valid JSON: %s (line %d, column %d)",
-				  jerr.text, jerr.line, jerr.column);
 	struct submitted *s = calloc(1, sizeof *s);
 	if (!s)
 		abort();
 	http_set_data(r, s, free);
 	s->wait = wait;
-	const struct task_info *ti;
-	json_t *items;
-	if (validate(r, root, &s->b, &ti, &items) < 0) {
-		json_decref(root);
-		return;
-	}
+	const char *key = http_header(r, "Idempotency-Key");
+	unsigned char hash[32];
+	if (key && idempotency_check(r, s, key, body, len, hash))
+		return; /* answered, or parked as a replay */
+	struct request_limits lim = {.workers = C.workers, .chunksize = C.chunksize,
+				     .default_timeout = C.default_timeout, .max_items = C.max_items};
+	struct batch_request q;
+	struct request_error e;
+	if (request_parse_batch(body, len, &lim, &q, &e) < 0)
+		return http_error(r, e.status, e.code, "%s", e.message);
+	s->b = q.b;
 	s->b.created_ms = now_unix_ms();
 	s->b.finished_ms = -1;
 	s->b.counts[FS_PENDING] = s->b.size;
 	int ok = store_batch_begin(C.store, &s->b) == 0;
+	if (ok && key)
+		ok = store_idem_put(C.store, key, hash, s->b.id, s->b.created_ms) == 0;
 	struct buf args = {0};
 	size_t i;
 	json_t *item;
-	json_array_foreach(items, i, item)
+	json_array_foreach(q.items, i, item)
 	{
 		if (!ok)
 			break;
@@ -620,7 +609,7 @@ static void post_batch(struct http_req *r)
 		ok = store_batch_item(C.store, s->b.id, (int64_t)i, args.data, args.len) == 0;
 	}
 	buf_free(&args);
-	json_decref(root);
+	request_free(&q);
 	if (!ok) {
 		store_batch_end(C.store, 0);
 		return db_error(r);

@@ -11,6 +11,8 @@ struct api_config {
 	struct store *store;
 	int workers;	/* for the automatic chunk size */
 	long chunksize; /* when a batch gives none; 0: automatic */
+	double default_timeout; /* seconds per item when a batch gives none; 0: none */
+	int64_t max_items;	/* more items in a batch is 413 */
 	/* Tells the loop that futures of a batch reached a final state, so its
 	 * waiters are looked at after the turn's commit. */
 	void (*changed)(int64_t batch);

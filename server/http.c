@@ -268,11 +268,28 @@ int64_t http_tick(void)
 
 int http_pending(void) { return H.ready; }
 
+/* libmicrohttpd stops listening at the connection limit and listens again
+ * only in the run after one that closed a connection; nothing wakes the
+ * loop for that run, so a client waiting in the backlog would wait until
+ * some other event. */
+static unsigned conn_limit_, at_limit;
+
+static unsigned open_connections(void)
+{
+	const union MHD_DaemonInfo *i = MHD_get_daemon_info(H.d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+	return i ? i->num_connections : 0;
+}
+
 void http_run(void)
 {
 	H.ready = 0;
-	if (H.d)
-		MHD_run(H.d);
+	if (!H.d)
+		return;
+	MHD_run(H.d);
+	unsigned n = open_connections();
+	if (at_limit && n < conn_limit_)
+		H.ready = 1; /* run once more: it listens again */
+	at_limit = n >= conn_limit_;
 }
 
 static void on_mhd(struct loop_watch *w, uint32_t events)
@@ -470,6 +487,10 @@ void http_set_headers_hook(void (*fn)(struct http_req *r)) { H.on_headers = fn; 
 void http_sink(struct http_req *r, http_sink_fn fn) { r->sink = fn; }
 int http_has_sink(const struct http_req *r) { return r->sink != NULL; }
 
+static unsigned idle_timeout_s = 60;
+
+void http_set_idle_timeout(unsigned secs) { idle_timeout_s = secs; }
+
 int http_start(const char *listen, size_t max_body, unsigned conn_limit, http_handler h)
 {
 	char host[256];
@@ -494,13 +515,14 @@ int http_start(const char *listen, size_t max_body, unsigned conn_limit, http_ha
 	}
 	H.handler = h;
 	H.max_body = max_body;
+	conn_limit_ = conn_limit;
 	H.next_deadline = -1;
 	unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 	H.d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
 			       NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-			       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_CONNECTION_LIMIT,
+			       MHD_OPTION_CONNECTION_TIMEOUT, idle_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
 			       conn_limit, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
 			       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
 			       MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);

@@ -88,4 +88,8 @@ void http_wake_batch(int64_t batch);
 void http_commit_done(int ok);
 int http_commit_ok(const struct http_req *r);
 
+/* Before http_start: close a connection that sends nothing and is sent
+ * nothing for secs seconds (default 60; parked requests do not time out). */
+void http_set_idle_timeout(unsigned secs);
+
 #endif

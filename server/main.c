@@ -37,6 +37,8 @@ struct config {
 	const char *token_file;
 	int protect_metrics, insecure_listen;
 	int64_t result_ttl_ms; /* 0: the default (7 days); < 0: keep forever */
+	long max_memory, max_items, idle_timeout, max_connections;
+	double default_timeout, grace;
 	/* --plugin and --tasks-file in order, as the workers' arguments
 	 * ("--plugin", spec, ...), NULL-terminated */
 	char *wargs[2 * MAX_EXTENSIONS + 1];
@@ -58,6 +60,15 @@ static const char usage[] =
     "  --sync normal|full         normal survives a killed process, full also power loss\n"
     "                             (default normal)\n"
     "  --max-body BYTES           largest request body, K/M/G suffixes allowed (default 64M)\n"
+    "  --max-items N              most items in one batch (default 1000000)\n"
+    "  --default-timeout S        seconds an item may run when its batch gives no timeout\n"
+    "                             (default: no limit)\n"
+    "  --max-memory-per-child MB  cap each worker's address space at its start-up size + MB,\n"
+    "                             and replace one whose resident size passes MB (default: none)\n"
+    "  --grace S                  on SIGTERM, seconds to let running items finish before they\n"
+    "                             go back to pending (default 10)\n"
+    "  --idle-timeout S           close a connection idle for S seconds (default 60)\n"
+    "  --max-connections N        most open connections (default: from the fd limit, <= 10000)\n"
     "  --worker PATH              the worker program (default: forkpool-worker beside forkpoold)\n"
     "  --plugin PATH.so[=JSON]    a C plugin every worker loads; JSON is the argument of its\n"
     "                             initializer (repeatable; see docs/plugins.md)\n"
@@ -92,6 +103,12 @@ static const struct option longopts[] = {
     {"insecure-listen", no_argument, NULL, OPT_INSECURE_LISTEN},
     {"result-ttl", required_argument, NULL, OPT_RESULT_TTL},
     {"log-level", required_argument, NULL, 'L'},
+    {"max-items", required_argument, NULL, 'i'},
+    {"default-timeout", required_argument, NULL, 't'},
+    {"max-memory-per-child", required_argument, NULL, 'M'},
+    {"grace", required_argument, NULL, 'g'},
+    {"idle-timeout", required_argument, NULL, 'I'},
+    {"max-connections", required_argument, NULL, 'C'},
     {"plugin", required_argument, NULL, 'P'},
     {"tasks-file", required_argument, NULL, 'T'},
     {"help", no_argument, NULL, 'h'},
@@ -115,6 +132,20 @@ static int parse_long(const char *name, const char *v, long min, long max, long 
 		return bad_value(name, v, want);
 	}
 	*out = n;
+	return 0;
+}
+
+static int parse_seconds(const char *name, const char *v, double min, double max, double *out)
+{
+	char *end;
+	errno = 0;
+	double d = strtod(v, &end);
+	if (!*v || *end || errno || !(d >= min && d <= max)) {
+		char want[96];
+		snprintf(want, sizeof want, "expected seconds from %g to %g", min, max);
+		return bad_value(name, v, want);
+	}
+	*out = d;
 	return 0;
 }
 
@@ -200,6 +231,12 @@ static int apply(struct config *c, int opt, const char *name, const char *v)
 		return 0;
 	case 'b': return parse_size(name, v, &c->max_body);
 	case 'W': c->worker = v; return 0;
+	case 'i': return parse_long(name, v, 1, 1000000000, &c->max_items);
+	case 't': return parse_seconds(name, v, 0.001, 1e7, &c->default_timeout);
+	case 'M': return parse_long(name, v, 1, 1L << 30, &c->max_memory);
+	case 'g': return parse_seconds(name, v, 0, 86400, &c->grace);
+	case 'I': return parse_long(name, v, 1, 86400, &c->idle_timeout);
+	case 'C': return parse_long(name, v, 1, 1000000, &c->max_connections);
 	case 'P':
 	case 'T':
 		if (!from_env)
@@ -238,7 +275,8 @@ static int apply(struct config *c, int opt, const char *name, const char *v)
 static int configure(struct config *c, int argc, char **argv)
 {
 	*c = (struct config){.listen = "127.0.0.1:8080", .db = "./data/forkpool.db", .sync = "normal",
-			     .max_body = 64u << 20};
+			     .max_body = 64u << 20, .max_items = 1000000, .idle_timeout = 60,
+			     .grace = 10};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	c->workers = ncpu > 0 ? ncpu : 1;
 	/* The environment first, so that flags override it. */
@@ -316,10 +354,12 @@ static void on_change(int64_t batch)
 /* Commits the turn's writes, then tells the parked requests. */
 static void commit(struct store *s)
 {
+	int ok = 1;
 	if (store_dirty(s)) {
-		int ok = store_commit(s) == 0;
+		ok = store_commit(s) == 0;
 		http_commit_done(ok);
 	}
+	pool_after_commit(ok);
 	for (size_t i = 0; i < nchanged; i++)
 		http_wake_batch(changed[i]);
 	nchanged = 0;
@@ -327,7 +367,7 @@ static void commit(struct store *s)
 
 /* ---- signals ---- */
 
-static int got_term, got_chld;
+static int got_term, got_chld; /* got_term counts SIGTERM/SIGINT */
 
 static void on_signal(struct loop_watch *w, uint32_t events)
 {
@@ -337,9 +377,8 @@ static void on_signal(struct loop_watch *w, uint32_t events)
 		if (si.ssi_signo == SIGCHLD)
 			got_chld = 1;
 		else {
-			if (!got_term)
-				log_info("signal", "signo=%u name=%s", si.ssi_signo, strsignal((int)si.ssi_signo));
-			got_term = 1;
+			log_info("signal", "signo=%u name=%s", si.ssi_signo, strsignal((int)si.ssi_signo));
+			got_term++;
 		}
 	}
 }
@@ -372,6 +411,9 @@ int main(int argc, char **argv)
 	    auth_check_listen(cfg.listen, cfg.insecure_listen) < 0)
 		return 2;
 	signal(SIGPIPE, SIG_IGN);
+	/* A file size limit (ulimit -f) is a write error for SQLite to report,
+	 * not a reason to die. */
+	signal(SIGXFSZ, SIG_IGN);
 	raise_fd_limit();
 	sigset_t mask;
 	sigemptyset(&mask);
@@ -406,25 +448,43 @@ int main(int argc, char **argv)
 	if (retention_init(store, cfg.result_ttl_ms) < 0)
 		return 1;
 	api_init(&(struct api_config){.store = store, .workers = (int)cfg.workers, .changed = on_change,
-				      .chunksize = cfg.chunksize});
+				      .chunksize = cfg.chunksize, .default_timeout = cfg.default_timeout,
+				      .max_items = cfg.max_items});
 	struct pool_config pc = {.worker_path = wpath, .workers = (int)cfg.workers,
-				 .max_tasks_per_child = cfg.max_tasks, .worker_args = cfg.wargs};
+				 .max_tasks_per_child = cfg.max_tasks, .worker_args = cfg.wargs,
+				 .max_memory_mb = cfg.max_memory};
 	if (pool_start(store, &pc, on_change) < 0) {
 		log_error("pool", "msg=\"no worker could be started\"");
 		return 1;
 	}
-	if (http_start(cfg.listen, cfg.max_body, connection_limit(), api_handle) < 0) {
+	http_set_idle_timeout((unsigned)cfg.idle_timeout);
+	unsigned conns = cfg.max_connections > 0 ? (unsigned)cfg.max_connections : connection_limit();
+	if (http_start(cfg.listen, cfg.max_body, conns, api_handle) < 0) {
 		pool_stop();
 		return 1;
 	}
 
-	while (!got_term) {
+	/* SIGTERM starts the grace period: no new batches (503), no new
+	 * chunks; running ones may finish until it ends, or until a second
+	 * signal. */
+	int64_t grace_end = -1;
+	for (;;) {
+		if (got_term && grace_end < 0) {
+			grace_end = now_mono_ms() + (int64_t)(cfg.grace * 1000);
+			log_info("drain", "grace_s=%g busy_workers=%d", cfg.grace, pool_busy());
+			api_shutting_down();
+			pool_drain();
+		}
+		if (got_term && (got_term > 1 || pool_busy() == 0 || now_mono_ms() >= grace_end))
+			break;
 		int64_t next = http_tick(), pnext = pool_tick();
 		int64_t rnext = retention_tick();
 		if (rnext >= 0 && (next < 0 || rnext < next))
 			next = rnext;
 		if (pnext >= 0 && (next < 0 || pnext < next))
 			next = pnext;
+		if (grace_end >= 0 && (next < 0 || grace_end < next))
+			next = grace_end;
 		int timeout = -1;
 		if (http_pending() || store_dirty(store) || got_chld)
 			timeout = 0;
@@ -449,7 +509,9 @@ int main(int argc, char **argv)
 			http_run();
 	}
 
-	log_info("shutdown", "msg=\"stopping: no new work; waking long-polls; stopping workers\"");
+	log_info("shutdown", "busy_workers=%d msg=\"stopping: waking long-polls; stopping workers; "
+			     "unfinished items go back to pending\"",
+		 pool_busy());
 	api_shutting_down();
 	commit(store);
 	http_quiesce();

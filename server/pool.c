@@ -36,6 +36,12 @@ extern char **environ;
 #define CHUNK_CAP 10000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
+/* A timed-out item's worker gets SIGTERM, and SIGKILL if it is still there
+ * this much later (a task that ignores or handles SIGTERM). */
+#define KILL_GRACE_MS 500
+/* How often, at most, a busy worker's resident size is read between items
+ * (it is always read when a chunk ends). */
+#define RSS_CHECK_MS 100
 
 enum wstate { W_STARTING, W_IDLE, W_BUSY, W_RETIRING };
 
@@ -56,6 +62,10 @@ struct worker {
 	int64_t *idx;
 	size_t n, done, cap;
 	int killed;       /* we killed it (timeout) */
+	int64_t term_at;  /* monotonic ms of the timeout's SIGTERM; 0: SIGKILL sent or none */
+	int64_t retries;  /* the chunk's batch's */
+	const char *retire; /* replace it when its chunk ends ("max_memory"), or NULL */
+	int64_t rss_checked_ms;
 	int cancelled; /* killed by pool_terminate_batch: its items become cancelled */
 	int64_t kill_pos; /* the item that overran */
 	char *fatal;      /* why it cannot serve (its F record), or NULL */
@@ -63,7 +73,7 @@ struct worker {
 };
 
 struct qbatch {
-	int64_t id, chunksize;
+	int64_t id, chunksize, retries;
 	double timeout;
 	int64_t created_ms;
 	char task[TASK_NAME_MAX];
@@ -78,6 +88,15 @@ static struct {
 	int nworkers; /* not counting RETIRING ones */
 	struct qbatch *qhead, *qtail;
 	int stopping;
+	int draining; /* pool_drain: no new chunks, no new workers */
+	/* The writes since the last commit (see "the pool's writes" below). */
+	struct op *ops;
+	size_t nops, capops;
+	struct buf optext;
+	int op_failed;	    /* a write failed since the last commit */
+	int db_down;	    /* a commit failed: writes are only logged until the replay */
+	int db_failures;    /* consecutive failed commits */
+	int64_t db_retry_at; /* monotonic ms of the next replay */
 	int failures;       /* consecutive deaths before hello */
 	int64_t respawn_at; /* monotonic ms; 0: none due */
 	char health[512];   /* why the last worker could not start; "": it could */
@@ -116,10 +135,143 @@ static struct qbatch *queue_pop(void)
 
 void pool_add_batch(const struct batch *b)
 {
-	struct qbatch q = {.id = b->id, .chunksize = b->chunksize, .timeout = b->timeout};
+	struct qbatch q = {.id = b->id, .chunksize = b->chunksize, .timeout = b->timeout,
+			   .retries = b->retries};
 	snprintf(q.task, sizeof q.task, "%s", b->task);
 	q.created_ms = b->created_ms;
 	queue_push(&q);
+}
+
+/* ---- the pool's writes ----
+ *
+ * A commit can fail (the disk is full, say) and take every write of the
+ * turn with it, while the workers did run those items and will not run them
+ * again. So each write the pool makes is also logged here until a commit
+ * succeeds. After a failed commit the pool is "down": it sends no chunks,
+ * outcomes that arrive are only logged, and after a backoff the whole log is
+ * replayed into a new transaction, until a commit takes. Nothing a worker
+ * reported is lost while the server runs. */
+
+enum op_kind { OP_CLAIM, OP_FINISH, OP_FAIL, OP_DIED, OP_REQUEUE, OP_CANCEL };
+
+struct op {
+	enum op_kind kind;
+	enum ferr type;	   /* OP_FAIL, OP_DIED */
+	int64_t batch, idx, last; /* OP_CLAIM: indexes idx..last */
+	int64_t arg;	   /* OP_CLAIM: the pid; OP_DIED: the batch's retries */
+	int64_t started, now;
+	size_t text, len;  /* OP_FINISH: the result, OP_FAIL/OP_DIED: the message, in optext */
+};
+
+#define DB_RETRY_MIN_MS 250
+
+/* Applies one write to the store. Returns 1 if the item went back to
+ * pending (a requeue, or a retry of a died item), 0 if not, -1 on error. */
+static int op_apply(const struct op *o)
+{
+	const char *text = P.optext.data + o->text;
+	int rc = 0;
+	switch (o->kind) {
+	case OP_CLAIM:
+		rc = store_claim_range(P.store, o->batch, o->idx, o->last, o->arg, o->now) < 0 ? -1 : 0;
+		break;
+	case OP_FINISH:
+		rc = store_finish(P.store, o->batch, o->idx, text, o->len, o->started, o->now);
+		break;
+	case OP_FAIL:
+		rc = store_fail(P.store, o->batch, o->idx, o->type, text, o->started, o->now);
+		break;
+	case OP_DIED:
+		if (o->arg > 0) {
+			rc = store_retry(P.store, o->batch, o->idx, o->arg);
+			if (rc != 0)
+				return rc;
+		}
+		rc = store_fail(P.store, o->batch, o->idx, o->type, text, o->started, o->now);
+		break;
+	case OP_REQUEUE:
+		return store_requeue(P.store, o->batch, o->idx) < 0 ? -1 : 1;
+	case OP_CANCEL:
+		rc = store_cancel_running(P.store, o->batch, o->idx, o->now) < 0 ? -1 : 0;
+		break;
+	}
+	if (rc < 0)
+		return -1;
+	if (o->kind != OP_CLAIM)
+		P.on_change(o->batch);
+	return 0;
+}
+
+/* Logs a write (text: len bytes, NUL-terminated in the log) and, unless the
+ * pool is down, applies it. Returns what op_apply did, or 0 when down. */
+static int op_do(struct op o, const char *text, size_t len, int apply)
+{
+	if (P.nops == P.capops) {
+		P.capops = P.capops ? P.capops * 2 : 256;
+		P.ops = realloc(P.ops, P.capops * sizeof *P.ops);
+		if (!P.ops)
+			abort();
+	}
+	o.text = P.optext.len;
+	o.len = len;
+	buf_add(&P.optext, text ? text : "", len);
+	buf_addc(&P.optext, '\0');
+	P.ops[P.nops++] = o;
+	if (P.db_down || !apply)
+		return 0;
+	int rc = op_apply(&P.ops[P.nops - 1]);
+	if (rc < 0)
+		P.op_failed = 1;
+	return rc;
+}
+
+/* Replays the log into the store after a failed commit; the turn's commit
+ * then decides. Batches whose items went back to pending are queued. */
+static void db_replay(void)
+{
+	P.db_down = 0;
+	log_info("db_replay", "writes=%zu attempt=%d", P.nops, P.db_failures + 1);
+	for (size_t i = 0; i < P.nops; i++) {
+		int rc = op_apply(&P.ops[i]);
+		if (rc < 0)
+			P.op_failed = 1;
+		if (rc == 1) {
+			struct batch b;
+			if (store_batch_get(P.store, P.ops[i].batch, &b) == 1)
+				pool_add_batch(&b);
+		}
+	}
+}
+
+void pool_after_commit(int ok)
+{
+	if (!ok && !P.op_failed && !P.db_down && P.nops == 0)
+		return; /* none of the pool's writes were in it */
+	if (ok && !P.op_failed) {
+		if (P.db_down)
+			return; /* that commit held none of the pool's writes */
+		if (P.db_failures)
+			log_info("db_recovered", "failed_commits=%d", P.db_failures);
+		P.nops = 0;
+		buf_reset(&P.optext);
+		P.db_failures = 0;
+		if (!strncmp(P.health, "the database", 12))
+			P.health[0] = '\0';
+		return;
+	}
+	P.op_failed = 0;
+	P.db_down = 1;
+	int64_t delay = (int64_t)DB_RETRY_MIN_MS << (P.db_failures < 5 ? P.db_failures : 5);
+	if (delay > BACKOFF_MAX_MS)
+		delay = BACKOFF_MAX_MS;
+	P.db_failures++;
+	P.db_retry_at = now_mono_ms() + delay;
+	snprintf(P.health, sizeof P.health,
+		 "the database cannot be written (%s); %zu outcomes of running items are kept in "
+		 "memory and written when it can be",
+		 store_error(P.store), P.nops);
+	log_error("db_down", "writes_kept=%zu retry_in_ms=%lld msg=\"%s\"", P.nops, (long long)delay,
+		  store_error(P.store));
 }
 
 /* Moves fd to a number >= min so that dup2 onto 3 and 4 in the child cannot
@@ -176,14 +328,21 @@ static int spawn_worker(void)
 	size_t nextra = 0;
 	while (P.cfg.worker_args && P.cfg.worker_args[nextra])
 		nextra++;
-	char **argv = calloc(nextra + 4, sizeof *argv);
+	char **argv = calloc(nextra + 6, sizeof *argv);
 	if (!argv)
 		abort();
 	argv[0] = (char *)P.cfg.worker_path;
 	for (size_t i = 0; i < nextra; i++)
 		argv[i + 1] = P.cfg.worker_args[i];
-	argv[nextra + 1] = "--parent";
-	argv[nextra + 2] = ppid;
+	size_t na = nextra + 1;
+	char mem[24];
+	if (P.cfg.max_memory_mb > 0) {
+		snprintf(mem, sizeof mem, "%lld", (long long)P.cfg.max_memory_mb);
+		argv[na++] = "--max-memory";
+		argv[na++] = mem;
+	}
+	argv[na++] = "--parent";
+	argv[na++] = ppid;
 	pid_t pid;
 	int rc = posix_spawn(&pid, P.cfg.worker_path, &fa, &at, argv, environ);
 	free(argv);
@@ -193,6 +352,8 @@ static int spawn_worker(void)
 	close(mfd);
 	if (rc != 0) {
 		log_error("worker_spawn", "path=\"%s\" msg=\"%s\"", P.cfg.worker_path, strerror(rc));
+		snprintf(P.health, sizeof P.health, "cannot start the worker program %s: %s",
+			 P.cfg.worker_path, strerror(rc));
 		close(sv[0]);
 		munmap(prog, 4096);
 		return -1;
@@ -218,12 +379,15 @@ static int spawn_worker(void)
 /* Starts workers until there are cfg.workers, unless a backoff is running. */
 static void fill_pool(void)
 {
-	if (P.stopping || P.respawn_at > now_mono_ms())
+	if (P.stopping || P.draining || P.respawn_at > now_mono_ms())
 		return;
 	P.respawn_at = 0;
 	while (P.nworkers < P.cfg.workers)
 		if (spawn_worker() < 0) {
 			P.respawn_at = now_mono_ms() + BACKOFF_MAX_MS;
+			if (!P.health[0])
+				snprintf(P.health, sizeof P.health,
+					 "cannot start a worker (out of file descriptors or memory?)");
 			return;
 		}
 }
@@ -271,13 +435,50 @@ static void chunk_done(struct worker *w)
 	w->tasks_run += (int64_t)w->n;
 	w->n = w->done = 0;
 	w->state = W_IDLE;
-	if (P.cfg.max_tasks_per_child > 0 && w->tasks_run >= P.cfg.max_tasks_per_child) {
+	if (!w->retire && P.cfg.max_tasks_per_child > 0 && w->tasks_run >= P.cfg.max_tasks_per_child)
+		w->retire = "max_tasks";
+	if (w->retire) {
 		/* EOF tells it to exit; a replacement starts now. */
 		w->state = W_RETIRING;
 		close_socket(w);
 		P.nworkers--;
-		log_info("worker_retire", "pid=%d tasks=%lld", (int)w->pid, (long long)w->tasks_run);
+		log_info("worker_retire", "pid=%d reason=%s tasks=%lld", (int)w->pid, w->retire,
+			 (long long)w->tasks_run);
 		fill_pool();
+	}
+}
+
+/* The resident size of a process in MiB, or -1. */
+static int64_t rss_mb(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -1;
+	long long size, resident;
+	int n = fscanf(f, "%lld %lld", &size, &resident);
+	fclose(f);
+	if (n != 2)
+		return -1;
+	return resident * sysconf(_SC_PAGESIZE) / (1 << 20);
+}
+
+/* After an item: marks a worker whose resident size passed
+ * --max-memory-per-child for replacement when its chunk ends (the rest of
+ * the chunk is not its items' fault, so it is not cut short). */
+static void check_memory(struct worker *w)
+{
+	int64_t now = now_mono_ms();
+	if (P.cfg.max_memory_mb <= 0 || w->retire ||
+	    (w->done < w->n && now - w->rss_checked_ms < RSS_CHECK_MS))
+		return;
+	w->rss_checked_ms = now;
+	int64_t mb = rss_mb(w->pid);
+	if (mb > P.cfg.max_memory_mb) {
+		w->retire = "max_memory";
+		log_info("worker_memory", "pid=%d rss_mb=%lld limit_mb=%lld", (int)w->pid, (long long)mb,
+			 (long long)P.cfg.max_memory_mb);
 	}
 }
 
@@ -327,18 +528,22 @@ static void handle_record(struct worker *w, char *line, size_t len)
 	p = end + 1;
 	int64_t now = now_unix_ms(), started = now - micros / 1000;
 	int64_t idx = w->idx[w->done];
+	struct op o = {.batch = w->batch, .idx = idx, .started = started, .now = now};
 	if (line[0] == 'R') {
-		store_finish(P.store, w->batch, idx, p, len - (size_t)(p - line), started, now);
+		o.kind = OP_FINISH;
+		op_do(o, p, len - (size_t)(p - line), 1);
 	} else {
 		json_t *msg = json_loadb(p, len - (size_t)(p - line), JSON_DECODE_ANY, NULL);
-		store_fail(P.store, w->batch, idx, FE_TASK,
-			   json_is_string(msg) ? json_string_value(msg) : "task failed", started, now);
+		const char *m = json_is_string(msg) ? json_string_value(msg) : "task failed";
+		o.kind = OP_FAIL;
+		o.type = FE_TASK;
+		op_do(o, m, strlen(m), 1);
 		json_decref(msg);
 	}
 	metrics_item_done(w->task, line[0] == 'R' ? FS_FINISHED : FS_FAILED,
 			  line[0] == 'R' ? FE_NONE : FE_TASK, micros, started - w->batch_created_ms);
 	w->done++;
-	P.on_change(w->batch);
+	check_memory(w);
 	if (w->done == w->n)
 		chunk_done(w);
 }
@@ -399,7 +604,9 @@ static void worker_io(struct loop_watch *lw, uint32_t events)
 	}
 }
 
-static void send_chunk(struct worker *w, struct qbatch *q)
+/* Claims a chunk of q's pending items and sends it to w. Returns how many
+ * items, 0 if none is pending, -1 on a database error. */
+static int send_chunk(struct worker *w, struct qbatch *q)
 {
 	int64_t max = q->chunksize < CHUNK_CAP ? q->chunksize : CHUNK_CAP;
 	if (P.cfg.max_tasks_per_child > 0 && P.cfg.max_tasks_per_child - w->tasks_run < max)
@@ -415,14 +622,21 @@ static void send_chunk(struct worker *w, struct qbatch *q)
 	buf_printf(&P.chunk, "C %s ", q->task);
 	size_t count_at = P.chunk.len;
 	buf_adds(&P.chunk, "0000000000\n"); /* the count, filled in below */
-	int n = store_claim(P.store, q->id, max, w->pid, now_unix_ms(), w->idx, &P.chunk);
+	int64_t now = now_unix_ms();
+	int n = store_claim(P.store, q->id, max, w->pid, now, w->idx, &P.chunk);
+	if (n < 0)
+		P.op_failed = 1;
 	if (n <= 0)
-		return;
+		return n;
+	op_do((struct op){.kind = OP_CLAIM, .batch = q->id, .idx = w->idx[0], .last = w->idx[n - 1],
+			  .arg = w->pid, .now = now},
+	      NULL, 0, 0);
 	char cnt[12];
 	snprintf(cnt, sizeof cnt, "%010d", n);
 	memcpy(P.chunk.data + count_at, cnt, 10);
 	frame_end(&P.chunk, off);
 	w->batch = q->id;
+	w->retries = q->retries;
 	memcpy(w->task, q->task, sizeof w->task);
 	w->batch_created_ms = q->created_ms;
 	/* A task may bring its own limit (a tasks file's timeout): the lower wins. */
@@ -438,16 +652,25 @@ static void send_chunk(struct worker *w, struct qbatch *q)
 	atomic_store_explicit(&w->prog->item, 0, memory_order_release);
 	buf_add(&w->out, P.chunk.data, P.chunk.len);
 	flush_out(w);
+	return n;
 }
 
 void pool_dispatch(void)
 {
-	if (P.stopping)
+	if (P.stopping || P.draining || P.db_down)
 		return;
 	for (struct worker *w = P.workers; w && P.qhead; w = w->next) {
 		while (w->state == W_IDLE && w->watch.fd >= 0 && P.qhead) {
 			struct qbatch *q = queue_pop();
-			send_chunk(w, q);
+			if (send_chunk(w, q) < 0) {
+				/* The database failed: keep the batch, try after the
+				 * commit has told the pool (pool_after_commit). */
+				q->next = P.qhead;
+				P.qhead = q;
+				if (!P.qtail)
+					P.qtail = q;
+				return;
+			}
 			if (w->state == W_BUSY) {
 				/* Round robin: the batch goes to the back of the queue. */
 				q->next = NULL;
@@ -489,25 +712,36 @@ static void settle_chunk(struct worker *w, int status)
 	int requeued = 0;
 	for (size_t pos = w->done; pos < w->n; pos++) {
 		int64_t idx = w->idx[pos];
+		struct op o = {.batch = w->batch, .idx = idx, .started = started, .now = now};
 		if (w->cancelled) {
-			store_cancel_running(P.store, w->batch, idx, now);
-			P.on_change(w->batch);
+			o.kind = OP_CANCEL;
+			op_do(o, NULL, 0, 1);
 		} else if ((int64_t)pos != running || P.stopping || (w->killed && w->kill_pos != running)) {
-			store_requeue(P.store, w->batch, idx);
+			o.kind = OP_REQUEUE;
+			op_do(o, NULL, 0, 1);
 			requeued++;
-		} else if (w->killed) {
-			snprintf(why, sizeof why, "item exceeded its timeout of %g s; worker %d was killed",
-				 (double)w->timeout_ns / 1e9, (int)w->pid);
-			store_fail(P.store, w->batch, idx, FE_TIMEOUT, why, started, now);
-			metrics_item_done(w->task, FS_FAILED, FE_TIMEOUT, (now - started) * 1000,
-					  started - w->batch_created_ms);
-			P.on_change(w->batch);
 		} else {
-			snprintf(why, sizeof why, "worker %d %s while running this item", (int)w->pid, how);
-			store_fail(P.store, w->batch, idx, FE_WORKER_DIED, why, started, now);
-			metrics_item_done(w->task, FS_FAILED, FE_WORKER_DIED, (now - started) * 1000,
-					  started - w->batch_created_ms);
-			P.on_change(w->batch);
+			/* The item it was running: retried if its batch allows,
+			 * else it fails. */
+			o.kind = OP_DIED;
+			o.arg = w->retries;
+			o.type = w->killed ? FE_TIMEOUT : FE_WORKER_DIED;
+			if (w->killed)
+				snprintf(why, sizeof why,
+					 "item exceeded its timeout of %g s; worker %d was killed",
+					 (double)w->timeout_ns / 1e9, (int)w->pid);
+			else
+				snprintf(why, sizeof why, "worker %d %s while running this item",
+					 (int)w->pid, how);
+			if (op_do(o, why, strlen(why), 1) == 1) {
+				log_info("item_retry", "batch=%lld index=%lld why=%s pid=%d",
+					 (long long)w->batch, (long long)idx, ferr_names[o.type],
+					 (int)w->pid);
+				requeued++;
+			} else {
+				metrics_item_done(w->task, FS_FAILED, o.type, (now - started) * 1000,
+						  started - w->batch_created_ms);
+			}
 		}
 	}
 	if (requeued) {
@@ -550,7 +784,7 @@ static void reap(int block)
 			drain(w); /* results it sent before dying still count */
 		char how[96];
 		describe_status(status, how, sizeof how);
-		const char *reason = w->state == W_RETIRING ? "max_tasks"
+		const char *reason = w->state == W_RETIRING ? w->retire
 				     : P.stopping	      ? "shutdown"
 				     : w->cancelled	      ? "cancelled"
 				     : w->killed	      ? "timeout"
@@ -596,6 +830,19 @@ int64_t pool_tick(void)
 {
 	int64_t next = -1, now_ns = now_mono_ns();
 	for (struct worker *w = P.workers; w; w = w->next) {
+		if (w->term_at) {
+			/* It had its SIGTERM; a task that outlives it gets SIGKILL. */
+			int64_t kill_at = w->term_at + KILL_GRACE_MS;
+			if (now_ns / 1000000 >= kill_at) {
+				log_info("worker_kill", "pid=%d msg=\"still there %d ms after SIGTERM\"",
+					 (int)w->pid, KILL_GRACE_MS);
+				kill(w->pid, SIGKILL);
+				w->term_at = 0;
+			} else if (next < 0 || kill_at < next) {
+				next = kill_at;
+			}
+			continue;
+		}
 		if (w->state != W_BUSY || w->timeout_ns <= 0 || w->killed || w->cancelled)
 			continue;
 		uint32_t item = atomic_load_explicit(&w->prog->item, memory_order_acquire);
@@ -608,7 +855,10 @@ int64_t pool_tick(void)
 				w->kill_pos = (int64_t)item - 1;
 				log_info("item_timeout", "pid=%d batch=%lld index=%lld", (int)w->pid,
 					 (long long)w->batch, (long long)w->idx[item - 1]);
-				kill(w->pid, SIGKILL);
+				kill(w->pid, SIGTERM);
+				w->term_at = now_ns / 1000000;
+				if (next < 0 || w->term_at + KILL_GRACE_MS < next)
+					next = w->term_at + KILL_GRACE_MS;
 				continue;
 			}
 		} else {
@@ -618,6 +868,12 @@ int64_t pool_tick(void)
 		if (next < 0 || ms < next)
 			next = ms;
 	}
+	if (P.db_down && !P.stopping) {
+		if (P.db_retry_at <= now_mono_ms())
+			db_replay();
+		else if (next < 0 || P.db_retry_at < next)
+			next = P.db_retry_at;
+	}
 	if (P.respawn_at) {
 		if (P.respawn_at <= now_mono_ms())
 			fill_pool();
@@ -626,6 +882,30 @@ int64_t pool_tick(void)
 	}
 	return next;
 }
+
+int pool_terminate_batch(int64_t batch)
+{
+	int n = 0;
+	for (struct worker *w = P.workers; w; w = w->next) {
+		if (w->state != W_BUSY || w->batch != batch || w->cancelled || w->done == w->n)
+			continue;
+		w->cancelled = 1;
+		kill(w->pid, SIGKILL);
+		/* Its items are cancelled now, not when it is reaped: the answer
+		 * to the cancel shows them so, and results still in flight
+		 * find them no longer running. */
+		int64_t now = now_unix_ms();
+		for (size_t pos = w->done; pos < w->n; pos++)
+			op_do((struct op){.kind = OP_CANCEL, .batch = w->batch, .idx = w->idx[pos],
+					  .now = now},
+			      NULL, 0, 1);
+		log_info("worker_terminate", "pid=%d batch=%lld", (int)w->pid, (long long)batch);
+		n++;
+	}
+	return n;
+}
+
+const char *pool_health_reason(void) { return P.health[0] ? P.health : NULL; }
 
 static const char *const wstate_names[] = {"starting", "idle", "busy", "retiring"};
 
@@ -648,28 +928,15 @@ void pool_workers(void (*fn)(void *arg, const struct pool_worker_info *w), void 
 	}
 }
 
-int pool_terminate_batch(int64_t batch)
+void pool_drain(void) { P.draining = 1; }
+
+int pool_busy(void)
 {
 	int n = 0;
-	for (struct worker *w = P.workers; w; w = w->next) {
-		if (w->state != W_BUSY || w->batch != batch || w->cancelled || w->done == w->n)
-			continue;
-		w->cancelled = 1;
-		kill(w->pid, SIGKILL);
-		/* Its items are cancelled now, not when it is reaped: the answer
-		 * to the cancel shows them so, and results still in flight
-		 * find them no longer running. */
-		int64_t now = now_unix_ms();
-		for (size_t pos = w->done; pos < w->n; pos++)
-			store_cancel_running(P.store, w->batch, w->idx[pos], now);
-		P.on_change(batch);
-		log_info("worker_terminate", "pid=%d batch=%lld", (int)w->pid, (long long)batch);
-		n++;
-	}
+	for (struct worker *w = P.workers; w; w = w->next)
+		n += w->state == W_BUSY;
 	return n;
 }
-
-const char *pool_health_reason(void) { return P.health[0] ? P.health : NULL; }
 
 int pool_ready(void)
 {
@@ -704,9 +971,13 @@ void pool_stop(void)
 	for (struct worker *w = P.workers; w; w = w->next)
 		kill(w->pid, SIGKILL);
 	reap(1);
+	if (P.db_down)
+		db_replay(); /* a last chance for what is not written yet */
 	P.nworkers = 0;
 	struct qbatch *q;
 	while ((q = queue_pop()))
 		free(q);
 	buf_free(&P.chunk);
+	free(P.ops);
+	buf_free(&P.optext);
 }

@@ -19,6 +19,10 @@ struct pool_config {
 	int64_t max_tasks_per_child; /* 0: never recycle */
 	char *const *worker_args;    /* given to every worker before --parent (plugins,
 				      * tasks files); NULL-terminated, or NULL */
+	int64_t max_memory_mb;	     /* 0: none. Else each worker caps its own address
+				      * space at its start-up size + this much, and one
+				      * whose resident size passes it after an item is
+				      * replaced when its chunk ends */
 };
 
 /* Called with a batch id when some of its items reached a final state. */
@@ -37,6 +41,13 @@ void pool_reap(void);
 /* Kills workers whose running item is past its timeout, starts replacements
  * that are due. Returns the monotonic ms of the next such deadline, or -1. */
 int64_t pool_tick(void);
+/* Kills the workers running items of the batch (cancel with terminate);
+ * their unfinished items become cancelled at once, and the workers are
+ * replaced. Returns how many were killed. */
+int pool_terminate_batch(int64_t batch);
+/* Why workers cannot start (the last one to try failed: a plugin's
+ * initializer, say), or NULL while they can. Pending items wait meanwhile. */
+const char *pool_health_reason(void);
 /* One worker process, as GET /v1/workers shows it. */
 struct pool_worker_info {
 	int pid;
@@ -49,15 +60,19 @@ struct pool_worker_info {
 };
 /* Calls fn for every worker process (retiring ones too), newest first. */
 void pool_workers(void (*fn)(void *arg, const struct pool_worker_info *w), void *arg);
-/* Kills the workers running items of the batch (cancel with terminate);
- * their unfinished items become cancelled at once, and the workers are
- * replaced. Returns how many were killed. */
-int pool_terminate_batch(int64_t batch);
-/* Why workers cannot start (the last one to try failed: a plugin's
- * initializer, say), or NULL while they can. Pending items wait meanwhile. */
-const char *pool_health_reason(void);
 /* Workers ready for work (started and not dying). */
 int pool_ready(void);
+/* Tells the pool how the turn's commit went (call after every attempt; ok
+ * when there was nothing to commit). After a failure the pool sends no
+ * chunks and keeps its writes in memory, and replays them after a backoff
+ * (from pool_tick) until a commit succeeds; pool_health_reason says so
+ * meanwhile. */
+void pool_after_commit(int ok);
+/* Graceful stop, first step: no more chunks are sent and no workers started;
+ * the chunks in flight go on. */
+void pool_drain(void);
+/* Workers running a chunk. */
+int pool_busy(void);
 /* Stops every worker; items they were running go back to pending. */
 void pool_stop(void);
 

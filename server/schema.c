@@ -13,7 +13,8 @@
 		".previous\n")
 
 EMBED(schema_001, "schema/001_init.sql");
-extern const char schema_001[];
+EMBED(schema_002, "schema/002_retries_idempotency.sql");
+extern const char schema_001[], schema_002[];
 
-const char *const schema_migrations[] = {schema_001};
+const char *const schema_migrations[] = {schema_001, schema_002};
 const int schema_version = (int)(sizeof schema_migrations / sizeof schema_migrations[0]);

@@ -52,7 +52,7 @@ enum stmt_id {
 
 #define BATCH_COLS                                                                               \
 	"id, task, size, chunksize, timeout, created_at, finished_at, n_pending, n_running, "    \
-	"n_finished, n_failed, n_cancelled"
+	"n_finished, n_failed, n_cancelled, retries"
 #define FUTURE_COLS                                                                              \
 	"idx, state, result, error_type, error, attempts, worker, started_at, finished_at, "     \
 	"done_seq"
@@ -64,8 +64,8 @@ static const char *const sql[S_NSTMTS] = {
     [S_SP_BEGIN] = "SAVEPOINT submit",
     [S_SP_RELEASE] = "RELEASE submit",
     [S_SP_UNDO] = "ROLLBACK TO submit",
-    [S_INS_BATCH] = "INSERT INTO batches (task, size, chunksize, timeout, created_at, n_pending)"
-		    " VALUES (?1, ?2, ?3, ?4, ?5, ?2)",
+    [S_INS_BATCH] = "INSERT INTO batches (task, size, chunksize, timeout, created_at, n_pending,"
+		    " retries) VALUES (?1, ?2, ?3, ?4, ?5, ?2, ?6)",
     [S_INS_FUTURE] = "INSERT INTO futures (batch_id, idx, args) VALUES (?1, ?2, ?3)",
     /* A batch whose size is -1 is an NDJSON upload still arriving: nobody
      * sees it until it is sealed (store_upload_seal). */
@@ -117,12 +117,25 @@ struct store {
 	int64_t now_ms; /* time of the latest change, for finished_at */
 	struct delta *deltas;
 	size_t ndeltas, capdeltas;
+	/* SQLite rolled the open transaction back by itself (it may, on
+	 * SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM): the next store_commit
+	 * fails, so that the caller knows those writes are gone. */
+	int lost;
+	char last_error[256];
 };
 
 static int db_fail(struct store *s, const char *op)
 {
 	log_error("db_error", "op=%s code=%d msg=\"%s\"", op, sqlite3_extended_errcode(s->db),
 		  sqlite3_errmsg(s->db));
+	snprintf(s->last_error, sizeof s->last_error, "%s", sqlite3_errmsg(s->db));
+	if (s->in_txn && sqlite3_get_autocommit(s->db)) {
+		log_error("db_txn_lost", "msg=\"SQLite rolled the transaction back\"");
+		s->in_txn = 0;
+		s->lost = 1;
+		s->ndeltas = 0;
+		s->done_seq = s->done_seq_saved;
+	}
 	return -1;
 }
 
@@ -206,11 +219,20 @@ static int flush_counts(struct store *s)
 
 int store_commit(struct store *s)
 {
+	if (s->lost) {
+		/* Writes after the loss go too: a commit keeps all or none. */
+		if (s->in_txn)
+			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+		s->in_txn = s->lost = 0;
+		s->ndeltas = 0;
+		s->done_seq = s->done_seq_saved;
+		return -1;
+	}
 	if (!s->in_txn)
 		return 0;
 	if (flush_counts(s) < 0 || run(s, S_COMMIT) < 0) {
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-		s->in_txn = 0;
+		s->in_txn = s->lost = 0;
 		s->ndeltas = 0;
 		s->done_seq = s->done_seq_saved;
 		return -1;
@@ -219,7 +241,7 @@ int store_commit(struct store *s)
 	return 0;
 }
 
-int store_dirty(const struct store *s) { return s->in_txn; }
+int store_dirty(const struct store *s) { return s->in_txn || s->lost; }
 
 void store_checkpoint(struct store *s)
 {
@@ -357,6 +379,14 @@ struct store *store_open(const char *path, int sync_full)
 	    exec(s, "PRAGMA cache_size = -32768") < 0 || exec(s, "PRAGMA temp_store = MEMORY") < 0 ||
 	    migrate(s) < 0 || recover(s) < 0)
 		goto fail;
+	/* What SQLite really does, read back (a 201 relies on it). */
+	int sync = -1;
+	if (sqlite3_prepare_v2(s->db, "PRAGMA synchronous", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		sync = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	log_info("db_open", "path=\"%s\" journal_mode=wal synchronous=%s", path,
+		 sync == 2 ? "full" : sync == 1 ? "normal" : sync == 3 ? "extra" : "off");
 	for (int i = 0; i < S_NSTMTS; i++)
 		if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
 		    SQLITE_OK) {
@@ -401,6 +431,7 @@ int store_batch_begin(struct store *s, struct batch *b)
 	if (b->timeout > 0)
 		sqlite3_bind_double(st, 4, b->timeout);
 	sqlite3_bind_int64(st, 5, b->created_ms);
+	sqlite3_bind_int64(st, 6, b->retries);
 	if (run(s, S_INS_BATCH) < 0) {
 		store_batch_end(s, 0);
 		return -1;
@@ -438,6 +469,7 @@ static void read_batch(sqlite3_stmt *st, struct batch *b)
 	b->finished_ms = sqlite3_column_type(st, 6) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 6);
 	for (int k = 0; k < FS_NSTATES; k++)
 		b->counts[k] = sqlite3_column_int64(st, 7 + k);
+	b->retries = sqlite3_column_int64(st, 7 + FS_NSTATES);
 }
 
 int store_batch_get(struct store *s, int64_t id, struct batch *out)
@@ -687,6 +719,97 @@ int store_cancel_running(struct store *s, int64_t batch, int64_t idx, int64_t no
 }
 
 struct sqlite3 *store_sqlite(struct store *s) { return s ? s->db : NULL; }
+
+/* ---- retries and idempotency keys (rare: prepared per call) ---- */
+
+/* Prepares q, binds nothing; NULL on error (logged). */
+static sqlite3_stmt *prepare(struct store *s, const char *q)
+{
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(s->db, q, -1, &st, NULL) != SQLITE_OK) {
+		db_fail(s, q);
+		return NULL;
+	}
+	return st;
+}
+
+int store_retry(struct store *s, int64_t batch, int64_t idx, int64_t retries)
+{
+	if (begin(s) < 0)
+		return -1;
+	sqlite3_stmt *st = prepare(s, "UPDATE futures SET state = 0, worker = NULL, started_at = NULL"
+				      " WHERE batch_id = ?1 AND idx = ?2 AND state = 1 AND attempts <= ?3");
+	if (!st)
+		return -1;
+	sqlite3_bind_int64(st, 1, batch);
+	sqlite3_bind_int64(st, 2, idx);
+	sqlite3_bind_int64(st, 3, retries);
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return db_fail(s, "retry");
+	if (sqlite3_changes(s->db) != 1)
+		return 0;
+	move_count(s, batch, FS_RUNNING, FS_PENDING, 1);
+	return 1;
+}
+
+int store_idem_get(struct store *s, const char *key, const unsigned char hash[32], int64_t *batch)
+{
+	sqlite3_stmt *st = prepare(s, "SELECT body_hash, batch_id FROM idempotency WHERE key = ?1");
+	if (!st)
+		return -1;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(st), found = 0;
+	if (rc == SQLITE_ROW) {
+		const void *h = sqlite3_column_blob(st, 0);
+		found = sqlite3_column_bytes(st, 0) == 32 && h && !memcmp(h, hash, 32) ? 1 : 2;
+		*batch = sqlite3_column_int64(st, 1);
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		return db_fail(s, "idem_get");
+	return found;
+}
+
+int store_idem_put(struct store *s, const char *key, const unsigned char hash[32], int64_t batch,
+		   int64_t now_ms)
+{
+	if (begin(s) < 0)
+		return -1;
+	sqlite3_stmt *st = prepare(s, "INSERT INTO idempotency (key, body_hash, batch_id, created_at)"
+				      " VALUES (?1, ?2, ?3, ?4)");
+	if (!st)
+		return -1;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_blob(st, 2, hash, 32, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, batch);
+	sqlite3_bind_int64(st, 4, now_ms);
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : db_fail(s, "idem_put");
+}
+
+const char *store_error(const struct store *s) { return s->last_error[0] ? s->last_error : "unknown error"; }
+
+int store_claim_range(struct store *s, int64_t batch, int64_t first, int64_t last, int64_t pid,
+		      int64_t now_ms)
+{
+	if (begin(s) < 0)
+		return -1;
+	sqlite3_stmt *st = s->st[S_CLAIM_UPD];
+	sqlite3_bind_int64(st, 1, pid);
+	sqlite3_bind_int64(st, 2, now_ms);
+	sqlite3_bind_int64(st, 3, batch);
+	sqlite3_bind_int64(st, 4, first);
+	sqlite3_bind_int64(st, 5, last);
+	if (run(s, S_CLAIM_UPD) < 0)
+		return -1;
+	int n = sqlite3_changes(s->db);
+	s->now_ms = now_ms;
+	move_count(s, batch, FS_PENDING, FS_RUNNING, n);
+	return n;
+}
 
 /* ---- NDJSON uploads: stored as they arrive, sealed or removed at the end ---- */
 

@@ -25,6 +25,7 @@ struct batch {
 	char task[TASK_NAME_MAX];
 	int64_t size, chunksize;
 	double timeout; /* seconds per item; 0 = none */
+	int64_t retries; /* more runs of an item after worker_died or timeout */
 	int64_t counts[FS_NSTATES];
 	int64_t created_ms, finished_ms; /* finished_ms < 0: not done */
 };
@@ -51,7 +52,9 @@ struct store;
 struct store *store_open(const char *path, int sync_full);
 void store_close(struct store *s);
 
-/* Commits the open transaction, if any. 0, or -1 (rolled back, logged). */
+/* Commits the open transaction, if any. 0, or -1 (rolled back, logged):
+ * every write since the previous store_commit is then gone, including when
+ * SQLite itself rolled the transaction back in between (a full disk). */
 int store_commit(struct store *s);
 /* Whether writes are waiting for store_commit. */
 int store_dirty(const struct store *s);
@@ -124,5 +127,27 @@ int store_cancel_running(struct store *s, int64_t batch, int64_t idx, int64_t no
  * its own small transactions, only while !store_dirty) and metrics.c (reads
  * totals and sizes). Loop thread only. */
 struct sqlite3 *store_sqlite(struct store *s);
+
+/* Retries: puts a running future whose worker died or timed out back to
+ * pending if it has run at most `retries` times (attempts <= retries), its
+ * attempt counted. 1 requeued, 0 not (it has had its runs: fail it), -1. */
+int store_retry(struct store *s, int64_t batch, int64_t idx, int64_t retries);
+
+/* Idempotency keys. store_idem_get: 1 if key is stored with this body hash
+ * (*batch set), 2 if with another hash (*batch set), 0 if not stored, -1.
+ * store_idem_put records key for batch in the current transaction (call it
+ * between store_batch_begin and store_batch_end, so that it goes or stays
+ * with the batch). 0 / -1. */
+int store_idem_get(struct store *s, const char *key, const unsigned char hash[32], int64_t *batch);
+int store_idem_put(struct store *s, const char *key, const unsigned char hash[32], int64_t batch,
+		   int64_t now_ms);
+
+/* The message of the latest database error (for /healthz). */
+const char *store_error(const struct store *s);
+/* Claims again, after a failed commit, what one store_claim took: the
+ * pending futures of the batch with first <= index <= last (those it took,
+ * since nothing else makes futures pending meanwhile). Returns how many, -1. */
+int store_claim_range(struct store *s, int64_t batch, int64_t first, int64_t last, int64_t pid,
+		      int64_t now_ms);
 
 #endif

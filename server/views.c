@@ -25,7 +25,7 @@ void batch_json(struct buf *o, const struct batch *b)
 		buf_json_double(o, b->timeout);
 	else
 		buf_adds(o, "null");
-	buf_adds(o, ",\"state\":");
+	buf_printf(o, ",\"retries\":%lld,\"state\":", (long long)b->retries);
 	buf_json_cstr(o, batch_state(b));
 	buf_adds(o, ",\"counts\":{");
 	for (int k = 0; k < FS_NSTATES; k++)

@@ -68,6 +68,10 @@ static int logged_port(const struct server *s)
 void server_startv(struct server *s, const char *const *args)
 {
 	memset(s, 0, sizeof *s);
+	/* SIGTERM lets running items finish for --grace seconds (default 10);
+	 * tests stop servers with items still running all the time, so theirs
+	 * stop at once unless a test sets FORKPOOL_GRACE or --grace itself. */
+	setenv("FORKPOOL_GRACE", "0", 0);
 	snprintf(s->log, sizeof s->log, "server.log");
 	snprintf(s->db, sizeof s->db, "server.db");
 	const char *argv[MAX_ARGS];

@@ -33,7 +33,8 @@ struct resp {
 
 /* Starts the server with --listen 127.0.0.1:0 --db server.db (unless args give
  * --db) and the extra arguments (NULL-terminated), and waits until it
- * listens. The environment is the test's. */
+ * listens. The environment is the test's, with FORKPOOL_GRACE=0 unless the
+ * test set it (so that server_stop does not wait for running items). */
 __attribute__((sentinel)) void server_start(struct server *s, ...);
 /* Same, with the arguments as an array. */
 void server_startv(struct server *s, const char *const *args);

@@ -92,7 +92,7 @@ TEST(api_tasks_lists_every_builtin_with_arity_and_doc)
 	static const char *const names[] = {"square", "power", "sum_squares", "sum_cubes",
 					    "is_prime", "count_primes", "smallest_factor",
 					    "monte_carlo_pi", "sleep", "spin", "fail", "fail_if",
-					    "crash", "crash_if", "getpid", "echo"};
+					    "crash", "crash_if", "getpid", "echo", "alloc"};
 	CHECK_INT(json_array_size(tasks), sizeof names / sizeof *names);
 	for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
 		json_t *t = NULL, *v;

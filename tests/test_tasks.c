@@ -50,14 +50,14 @@ static int run_in_child(const char *task, const char *args)
 	return status;
 }
 
-TEST(task_table_has_the_16_tasks_findable_by_name)
+TEST(task_table_has_the_17_tasks_findable_by_name)
 {
 	static const char *const names[] = {
 		"square",  "power",	  "sum_squares",	"sum_cubes", "is_prime", "count_primes",
 		"smallest_factor", "monte_carlo_pi", "sleep", "spin", "fail", "fail_if", "crash",
-		"crash_if", "getpid",	  "echo"};
-	CHECK_INT(task_count(), 16);
-	for (size_t i = 0; i < 16; i++) {
+		"crash_if", "getpid",	  "echo", "alloc"};
+	CHECK_INT(task_count(), 17);
+	for (size_t i = 0; i < 17; i++) {
 		const struct task *t = task_find(names[i]);
 		CHECK(t != NULL);
 		CHECK_STR(t->name, names[i]);
@@ -65,7 +65,7 @@ TEST(task_table_has_the_16_tasks_findable_by_name)
 		CHECK(!t->variadic || task_nparams(t) > 0);
 	}
 	CHECK(task_find("nosuch") == NULL);
-	CHECK(task_at(16) == NULL);
+	CHECK(task_at(17) == NULL);
 }
 
 TEST(task_describe_is_the_catalogue_json)

@@ -761,7 +761,7 @@ TEST(worker_describe_prints_the_task_catalogue)
 	if (!root)
 		FAILF("--describe is not JSON: %s: %s", jerr.text, out.data);
 	json_t *list = json_object_get(root, "tasks");
-	CHECK_INT(json_array_size(list), 16);
+	CHECK_INT(json_array_size(list), 17);
 	json_t *sq = json_array_get(list, 0);
 	CHECK_STR(json_string_value(json_object_get(sq, "name")), "square");
 	CHECK_INT(json_integer_value(json_object_get(sq, "required")), 1);

@@ -2,9 +2,11 @@
  * reports each one (the protocol is in common/frame.h).
  *
  *   forkpool-worker [EXT...] --describe        prints the task catalogue, exits 0
- *   forkpool-worker [EXT...] [--serve] [--parent PID]
+ *   forkpool-worker [EXT...] [--serve] [--parent PID] [--max-memory MB]
  *                                           serves chunks on fd 3, with the
- *                                           progress page on fd 4 (optional)
+ *                                           progress page on fd 4 (optional);
+ *                                           --max-memory caps the address space
+ *                                           at the start-up size + MB MiB
  *   EXT: --plugin PATH.so[=INITARGS_JSON]   a C plugin's tasks (plugin.h)
  *        --tasks-file PATH                  programs as tasks (program.h)
  *
@@ -34,6 +36,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -304,6 +307,34 @@ static __attribute__((noreturn)) void cannot_serve(struct buf *why)
 	_exit(WORKER_EXIT_CONFIG);
 }
 
+static long max_memory_mb; /* --max-memory: 0, none */
+
+/* Caps the address space at what the worker uses now (program, libraries,
+ * plugins, the sender thread) plus --max-memory MiB, so that an item that
+ * allocates past it gets ENOMEM instead of taking the machine's memory. Not
+ * under AddressSanitizer, whose shadow memory is terabytes of address space:
+ * there the server's check of the resident size is the only limit. */
+static void cap_memory(void)
+{
+	if (max_memory_mb <= 0)
+		return;
+#if defined(__SANITIZE_ADDRESS__)
+	fprintf(stderr, "forkpool-worker: --max-memory: no address space cap under ASan\n");
+#else
+	long long pages = 0;
+	FILE *f = fopen("/proc/self/statm", "re");
+	if (!f || fscanf(f, "%lld", &pages) != 1)
+		pages = 0;
+	if (f)
+		fclose(f);
+	struct rlimit rl;
+	rl.rlim_cur = rl.rlim_max =
+	    (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + ((rlim_t)max_memory_mb << 20);
+	if (setrlimit(RLIMIT_AS, &rl) < 0)
+		fprintf(stderr, "forkpool-worker: setrlimit(RLIMIT_AS): %s\n", strerror(errno));
+#endif
+}
+
 static int serve(long parent)
 {
 	/* Never outlive the server: die with it, or now if it is already gone. */
@@ -335,6 +366,7 @@ static int serve(long parent)
 	}
 	if (start_sender() < 0)
 		return 1;
+	cap_memory();
 
 	for (;;) {
 		const char *p;
@@ -373,7 +405,7 @@ static int describe(void)
 static int usage(void)
 {
 	fprintf(stderr, "usage: forkpool-worker [EXT...] --describe\n"
-			"       forkpool-worker [EXT...] [--serve] [--parent PID]\n"
+			"       forkpool-worker [EXT...] [--serve] [--parent PID] [--max-memory MB]\n"
 			"EXT:   --plugin PATH.so[=INITARGS_JSON]  --tasks-file PATH  (repeatable)\n");
 	return 2;
 }
@@ -393,6 +425,12 @@ int main(int argc, char **argv)
 			desc = true;
 		} else if (!strcmp(argv[i], "--serve")) {
 			continue;
+		} else if (!strcmp(argv[i], "--max-memory") && i + 1 < argc) {
+			char *e;
+			errno = 0;
+			max_memory_mb = strtol(argv[++i], &e, 10);
+			if (errno || *e || e == argv[i] || max_memory_mb <= 0 || max_memory_mb > (1L << 30))
+				return usage();
 		} else if (!strcmp(argv[i], "--parent") && i + 1 < argc) {
 			char *e;
 			errno = 0;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -488,6 +489,32 @@ static int t_crash_if(const json_t *args, struct buf *res, struct buf *err)
 	return 0;
 }
 
+/* Maps and touches mb MiB (mmap, not malloc, so that the memory really
+ * returns to the system when it is not kept, and so that a capped address
+ * space is a clean ENOMEM rather than an abort inside malloc). */
+static int t_alloc(const json_t *args, struct buf *res, struct buf *err)
+{
+	const json_t *keep = json_array_get(args, 1);
+	double mb = json_number_value(json_array_get(args, 0));
+	if (mb > 1 << 30)
+		return task_error(err, "cannot allocate %g MiB: too much", mb);
+	size_t len = (size_t)(mb * 1048576.0);
+	if (len == 0) {
+		buf_adds(res, "null");
+		return 0;
+	}
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return task_error(err, "cannot allocate %g MiB: %s", mb, strerror(errno));
+	long page = sysconf(_SC_PAGESIZE);
+	for (size_t off = 0; off < len; off += (size_t)page)
+		p[off] = 1;
+	if (!(json_is_true(keep) || (json_is_number(keep) && json_number_value(keep) != 0)))
+		munmap(p, len);
+	buf_adds(res, "null");
+	return 0;
+}
+
 static int t_getpid(const json_t *args, struct buf *res, struct buf *err)
 {
 	(void)args, (void)err;
@@ -538,6 +565,10 @@ static const struct task tasks[] = {
 	{.name = "getpid", .doc = "the worker's process id", .fn = t_getpid},
 	{.name = "echo", .doc = "its arguments, as an array", .params = {{"args", TASK_ANY}},
 	 .variadic = true, .fn = t_echo},
+	{.name = "alloc",
+	 .doc = "null after allocating and touching mb MiB (kept until the worker exits if keep is "
+		"true)",
+	 .params = {{"mb", TASK_UNUMBER}, {"keep", TASK_ANY}}, .required = 1, .fn = t_alloc},
 };
 
 #define NBUILTIN (sizeof tasks / sizeof tasks[0])

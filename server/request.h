@@ -1,0 +1,48 @@
+/* request.h - a batch submission's body, parsed and checked: the part of
+ * POST /v1/batches that needs no network, so that it can be fuzzed and its
+ * hostile inputs replayed by the tests (fuzz/, tests/test_hostile.c).
+ *
+ * Everything is checked before anything is stored: the JSON itself, the
+ * fields (unknown ones are refused), the task, every item's arguments against
+ * the task's parameters, chunksize, timeout, retries, and the item limit. */
+#ifndef FORKPOOL_REQUEST_H
+#define FORKPOOL_REQUEST_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "catalog.h"
+#include "store.h"
+
+#define REQUEST_MAX_RETRIES 100
+
+struct request_limits {
+	int workers;		/* for the automatic chunk size */
+	long chunksize;		/* when a batch gives none; 0: automatic */
+	double default_timeout; /* when a batch gives none; 0: none */
+	int64_t max_items;	/* more is 413; 0: no limit */
+};
+
+/* Why a body was refused: an HTTP status (400 or 413), an error code such as
+ * "invalid_json", and a message naming the field and item. */
+struct request_error {
+	unsigned status;
+	char code[32];
+	char message[1024];
+};
+
+struct batch_request {
+	struct batch b;	 /* all but id, times and counts */
+	const struct task_info *task;
+	json_t *root;	 /* the parsed body (owned) */
+	json_t *items;	 /* in root */
+};
+
+/* Parses and checks body[0..len). 0 with *out filled (free it with
+ * request_free), or -1 with *err filled and nothing to free. */
+int request_parse_batch(const char *body, size_t len, const struct request_limits *lim,
+			struct batch_request *out, struct request_error *err);
+void request_free(struct batch_request *q);
+
+#endif
