@@ -4,9 +4,11 @@
  *
  *   server.c    starts the real forkpoold on a fresh database, reads its
  *               peak RSS, CPU time and database size, stops it
- *   client.c    the HTTP side, with libcurl: batches in (NDJSON, or a JSON
- *               array where the server has no NDJSON input), results out as
- *               an NDJSON stream, sequential and concurrent round trips
+ *   client.c    batches in with libcurl (NDJSON, or a JSON array where the
+ *               server has no NDJSON input), results out as NDJSON streams
+ *   rounds.c    single-item round trips, one after another and many at
+ *               once, over raw kept-alive sockets: the client costs a few
+ *               microseconds per call, so it is not what is measured
  *   executor.c  runs the embedded executor.py (the Python baseline)
  *   main.c      the knobs, the workloads, the table
  *
@@ -76,22 +78,24 @@ long client_get(const struct fpserver *s, const char *path, char **resp);
  * resp is not NULL. Returns the status, or -1 when no answer came. */
 long client_post(const struct fpserver *s, const char *path, const char *body, char **resp);
 
+/* ---- rounds.c ---- */
+
 struct latencies {
-	double *ms; /* one per round trip, sorted by latencies_sort */
+	double *ms; /* one per round trip, sorted */
 	long n;
 	double seconds;
 };
-void latencies_sort(struct latencies *l);
 /* The p-th percentile (0..100) of sorted latencies, or -1 when empty. */
 double latencies_pct(const struct latencies *l, double p);
 void latencies_free(struct latencies *l);
 
 /* n sequential single-item POST /v1/batches?wait=5 of echo on one kept-alive
  * connection, after a few untimed ones. */
-int client_sequential(const struct fpserver *s, long n, struct latencies *out);
-/* clients concurrent connections, each posting single-item batches of
- * square with ?wait=5 (the answer carries the result) for seconds. */
-int client_concurrent(const struct fpserver *s, int clients, double seconds, struct latencies *out);
+int rounds_sequential(const struct fpserver *s, long n, struct latencies *out);
+/* clients concurrent kept-alive connections, each posting single-item
+ * batches of square with ?wait=5 (the answer carries the result) for
+ * seconds. */
+int rounds_concurrent(const struct fpserver *s, int clients, double seconds, struct latencies *out);
 
 /* ---- executor.c ---- */
 

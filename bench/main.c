@@ -429,7 +429,7 @@ static void w2(const struct knobs *k)
 		struct latencies l = {0};
 		int rc = start(&s, 0, 0);
 		if (rc == 0) {
-			rc = client_sequential(&s, k->w2_calls, &l);
+			rc = rounds_sequential(&s, k->w2_calls, &l);
 			if (fpserver_stop(&s) < 0)
 				rc = -1;
 		}
@@ -470,7 +470,7 @@ static void w3(const struct knobs *k)
 		double cpu = -1, ccpu = -1;
 		if (rc == 0) {
 			double c0 = self_cpu_s();
-			rc = client_concurrent(&s, k->w3_clients, k->w3_seconds, &l);
+			rc = rounds_concurrent(&s, k->w3_clients, k->w3_seconds, &l);
 			ccpu = self_cpu_s() - c0;
 			rss = fpserver_peak_rss_kib(&s);
 			cpu = fpserver_cpu_s(&s);
