@@ -2,7 +2,8 @@
 # `make run` serves the API on 127.0.0.1:8080; `make test` runs every test;
 # `make check` runs them again under ASan+UBSan (in build/check);
 # `make examples` builds the example plugin and tasks files into $(BUILD)/examples;
-# `make install` puts the programs and include/forkpool.h under PREFIX.
+# `make install` puts the programs and include/forkpool.h under PREFIX;
+# `make fuzz` runs the request validator under libFuzzer (needs clang).
 
 BUILD   ?= build
 CC      ?= cc
@@ -31,7 +32,7 @@ WORKER = $(BUILD)/forkpool-worker
 TESTS  = $(BUILD)/forkpool-tests
 BENCH  = $(BUILD)/forkpool-bench
 
-.PHONY: all deps run test check clean examples install bench
+.PHONY: all deps run test check clean examples install bench fuzz
 all: $(SERVER) $(WORKER)
 
 $(BUILD)/obj/%.o: %.c
@@ -125,6 +126,25 @@ test: deps
 check: deps
 	@$(MAKE) --no-print-directory BUILD=build/check CFLAGS="-O1 -g -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" test
+
+# make fuzz: the request validator (server/request.c) under libFuzzer and
+# ASan+UBSan, for FUZZ_TIME seconds (default 60). It needs clang (Debian:
+# apt-get install clang); make test does not. Inputs that crash it are written
+# to fuzz/regressions/, which make test replays through the normal build
+# (tests/test_hostile.c): keep them with the fix. New corpus entries stay in
+# build/fuzz/corpus; fuzz/corpus holds the seeds.
+FUZZ_TIME ?= 60
+FUZZ_SRC   = fuzz/fuzz_request.c server/request.c server/catalog.c server/log.c $(COMMON_SRC)
+fuzz:
+	@command -v clang >/dev/null || { echo "make fuzz needs clang: sudo apt-get install -y clang"; exit 1; }
+	@$(MAKE) --no-print-directory $(WORKER)
+	@mkdir -p build/fuzz/corpus
+	clang -O1 -g -std=gnu11 $(WARN) -D_GNU_SOURCE -Icommon -Iserver -Iworker -Iinclude $(PKG_CFLAGS) \
+	  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -o build/fuzz/fuzz-request $(FUZZ_SRC) $(shell pkg-config --libs jansson 2>/dev/null) -lm
+	FORKPOOL_WORKER=$(WORKER) build/fuzz/fuzz-request -max_total_time=$(FUZZ_TIME) -timeout=10 \
+	  -rss_limit_mb=2048 -max_len=65536 -dict=fuzz/request.dict -artifact_prefix=fuzz/regressions/ \
+	  build/fuzz/corpus fuzz/corpus
 
 clean:
 	rm -rf build

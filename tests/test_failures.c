@@ -682,7 +682,7 @@ TEST_T(failures_kill9_mid_batch_then_restart_finishes_all_200_items_exactly_once
 
 TEST_T(failures_kill9_during_a_submission_leaves_all_of_the_batch_or_none, 120)
 {
-	char *body = same_items("square", 40000, "7", NULL);
+	char *body = same_items("square", 20000, "7", NULL);
 	struct server s;
 	/* How long one submission takes here, to aim the kills across it. */
 	server_start(&s, "--workers", "1", NULL);
@@ -690,7 +690,7 @@ TEST_T(failures_kill9_during_a_submission_leaves_all_of_the_batch_or_none, 120)
 	json_decref(wait_batch(&s, submit(&s, body), 60));
 	int64_t took = harness_now_ms() - t0;
 	server_stop(&s);
-	static const int percent[] = {0, 15, 30, 45, 60, 75, 90, 120};
+	static const int percent[] = {0, 20, 40, 60, 80, 120};
 	int whole = 0, none = 0;
 	long long batches = 1;
 	for (size_t k = 0; k < sizeof percent / sizeof *percent; k++) {

@@ -373,7 +373,8 @@ TEST(hostile_oversized_headers_and_request_lines_are_refused_and_the_server_goes
 	expect(&a, 414, NULL, NULL, "a 100 KB URL");
 	free(url);
 	int fd = hconnect(&s);
-	hsend(fd, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n", 38);
+	static const char garbage[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n";
+	hsend(fd, garbage, sizeof garbage - 1);
 	a = hread(fd, 5000);
 	expect(&a, 400, NULL, NULL, "garbage");
 	a = hrequest(&s, "POST /v1/batches HTTP/1.1\r\nContent-Length: 99999999999999999999999", NULL, 0);
