@@ -174,6 +174,55 @@ TEST(failures_spin_30_with_timeout_1_fails_timeout_within_2s_and_its_chunk_goes_
 	server_stop(&s);
 }
 
+static const char *stubborn_plugin(void)
+{
+	static char path[600];
+	snprintf(path, sizeof path, "%s/test-plugins/stubborn.so", harness_bin_dir());
+	return path;
+}
+
+TEST(failures_a_task_that_ignores_sigterm_gets_sigkill_after_the_grace)
+{
+	struct server s;
+	server_start(&s, "--workers", "2", "--plugin", stubborn_plugin(), NULL);
+	wait_workers(&s, 2, 10000);
+	/* Another batch runs beside it and never notices. */
+	int64_t other = submit(&s, "{\"task\":\"sleep\",\"chunksize\":1,"
+				   "\"items\":[[0.2],[0.2],[0.2],[0.2]]}");
+	int64_t t0 = harness_now_ms();
+	int64_t id = submit(&s, "{\"task\":\"stubborn_sleep\",\"timeout\":0.5,\"items\":[[30]]}");
+	json_t *f = future(&s, id, 0, 30);
+	int64_t took = harness_now_ms() - t0;
+	CHECK_STR(jstr(jget(f, "error"), "type"), "timeout");
+	json_decref(f);
+	if (took > 2500)
+		FAILF("SIGTERM then SIGKILL took %lld ms for a 0.5 s timeout", (long long)took);
+	CHECK_INT(server_log_count(&s, "event=worker_kill", "after SIGTERM", NULL), 1);
+	CHECK_INT(server_log_count(&s, "event=worker_exit", "reason=timeout", "signal 9", NULL), 1);
+	json_t *b = wait_batch(&s, other, 30);
+	CHECK_INT(count(b, "finished"), 4);
+	json_decref(b);
+	json_t *res = results(&s, other);
+	for (size_t i = 0; i < 4; i++)
+		CHECK_INT(jint(json_array_get(res, i), "attempts"), 1);
+	json_decref(res);
+	wait_workers(&s, 2, 1000);
+	server_stop(&s);
+}
+
+TEST(failures_a_task_that_calls_exit_fails_worker_died_with_the_status)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", "--plugin", stubborn_plugin(), NULL);
+	int64_t id = submit(&s, "{\"task\":\"stubborn_exit\",\"items\":[[3]]}");
+	json_t *f = future(&s, id, 0, 30);
+	CHECK_STR(jstr(jget(f, "error"), "type"), "worker_died");
+	CHECK_CONTAINS(jstr(jget(f, "error"), "message"), "exited with status 3");
+	json_decref(f);
+	wait_workers(&s, 1, 1000);
+	server_stop(&s);
+}
+
 TEST(failures_default_timeout_applies_to_batches_that_give_none)
 {
 	struct server s;
@@ -384,6 +433,11 @@ TEST_T(failures_sigterm_refuses_new_work_lets_running_chunks_finish_and_exits_0,
 	CHECK(WIFEXITED(status));
 	CHECK_INT(WEXITSTATUS(status), 0);
 	CHECK(took < 5000); /* it did not sit out the 20 s */
+	/* It checkpointed: the WAL is empty. */
+	char wal[300];
+	snprintf(wal, sizeof wal, "%s-wal", s.db);
+	struct stat st;
+	CHECK(stat(wal, &st) < 0 || st.st_size == 0);
 	/* The running chunk finished; the other batch never started. */
 	char q[160];
 	snprintf(q, sizeof q, "SELECT count(*) FROM futures WHERE batch_id = %lld AND state = 2", (long long)a);
