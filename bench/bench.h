@@ -39,6 +39,8 @@ int fpserver_start(struct fpserver *s, const char *bin, const char *const *extra
 long fpserver_peak_rss_kib(const struct fpserver *s);
 /* The CPU seconds (user + system) the server process has used so far, or -1. */
 double fpserver_cpu_s(const struct fpserver *s);
+/* The CPU seconds its live workers (the server's children) have used. */
+double fpserver_workers_cpu_s(const struct fpserver *s);
 /* The server's context switches so far: voluntary (it waited) and not
  * (it was preempted: the machine is busy). 0, or -1. */
 int fpserver_switches(const struct fpserver *s, long long *vol, long long *invol);

@@ -509,17 +509,18 @@ static void w3(const struct knobs *k)
 
 /* count_primes over [0, end) in `ranges` ranges through the workers' own
  * task code, one after another in this process. */
-static double sequential_primes(long long end, int ranges, long long *total)
+static double sequential_primes(long long end, int ranges, long long *total, double *cpu_s)
 {
-	double t0 = now_s();
+	double t0 = now_s(), c0 = self_cpu_s();
 	*total = 0;
 	for (int i = 0; i < ranges; i++)
 		*total += task_count_primes(end * i / ranges, end * (i + 1) / ranges);
+	*cpu_s = self_cpu_s() - c0;
 	return now_s() - t0;
 }
 
 /* The same through forkpool: one batch, one range per chunk. */
-static int fp_primes(long long end, int ranges, double *secs, long long *total)
+static int fp_primes(long long end, int ranges, double *secs, long long *total, double *workers_cpu_s)
 {
 	struct buf body = {0};
 	buf_adds(&body, "{\"task\":\"count_primes\",\"chunksize\":1,\"items\":[");
@@ -532,9 +533,10 @@ static int fp_primes(long long end, int ranges, double *secs, long long *total)
 		return -1;
 	}
 	char *resp = NULL;
-	double t0 = now_s();
+	double t0 = now_s(), w0 = fpserver_workers_cpu_s(&s);
 	long st = client_post(&s, "/v1/batches?wait=3600", body.data, &resp);
 	*secs = now_s() - t0;
+	*workers_cpu_s = fpserver_workers_cpu_s(&s) - w0;
 	int rc = fpserver_stop(&s);
 	json_t *j = st == 201 ? json_loads(resp, 0, NULL) : NULL;
 	json_t *res = json_object_get(j, "results"), *f;
@@ -558,8 +560,9 @@ static void w4(const struct knobs *k)
 	for (int rep = 1; rep <= k->reps; rep++) {
 		double fs = 0, ss;
 		long long ftotal = 0, stotal = 0;
-		int rc = fp_primes(k->w4_end, k->w4_ranges, &fs, &ftotal);
-		ss = sequential_primes(k->w4_end, k->w4_ranges, &stotal);
+		double wcpu = 0, scpu = 0;
+		int rc = fp_primes(k->w4_end, k->w4_ranges, &fs, &ftotal, &wcpu);
+		ss = sequential_primes(k->w4_end, k->w4_ranges, &stotal, &scpu);
 		if (rc == 0 && ftotal != stotal) {
 			fprintf(stderr,
 				"bench: count_primes: forkpool counted %lld primes, the sequential run "
@@ -570,13 +573,17 @@ static void w4(const struct knobs *k)
 		if (rc == 0) {
 			add(&row("W4", "seconds (executor column: sequential, one process)", U_S)->fp, fs);
 			add(&row("W4", "speedup, sequential / forkpool", U_X)->fp, ss / fs);
-			progress("W4 %d/%d forkpool: %lld primes in %.3f s", rep, k->reps, ftotal, fs);
+			add(&row("W4", "CPU seconds per second (workers / sequential)", U_X)->fp, wcpu / fs);
+			progress("W4 %d/%d forkpool: %lld primes in %.3f s; the workers ran %.2f CPU s per s",
+				 rep, k->reps, ftotal, fs, wcpu / fs);
 		} else {
 			fail(&row("W4", "seconds (executor column: sequential, one process)", U_S)->fp,
 			     "W4 forkpool");
 		}
 		add(&row("W4", "seconds (executor column: sequential, one process)", U_S)->ex, ss);
-		progress("W4 %d/%d sequential: %lld primes in %.3f s", rep, k->reps, stotal, ss);
+		add(&row("W4", "CPU seconds per second (workers / sequential)", U_X)->ex, scpu / ss);
+		progress("W4 %d/%d sequential: %lld primes in %.3f s; %.2f CPU s per s", rep, k->reps, stotal,
+			 ss, scpu / ss);
 	}
 }
 

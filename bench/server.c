@@ -2,6 +2,7 @@
  * so that its peak RSS and its database belong to that run alone. */
 #include "bench.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -165,22 +166,50 @@ int fpserver_switches(const struct fpserver *s, long long *vol, long long *invol
 	return found == 2 ? 0 : -1;
 }
 
-double fpserver_cpu_s(const struct fpserver *s)
+/* The parent pid and CPU seconds of process pid from /proc; 0 or -1. */
+static int proc_stat(pid_t pid, pid_t *ppid, double *cpu_s)
 {
 	char path[64], text[1024];
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)s->pid);
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
 	FILE *f = fopen(path, "r");
 	if (!f)
 		return -1;
 	size_t n = fread(text, 1, sizeof text - 1, f);
 	fclose(f);
 	text[n] = '\0';
-	/* The fields after "(comm)": state is field 3, utime 14, stime 15. */
+	/* The fields after "(comm)": state is field 3, ppid 4, utime 14, stime 15. */
 	char *p = strrchr(text, ')');
+	int pp;
 	unsigned long long ut, st;
-	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+	if (!p || sscanf(p + 2, "%*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &pp, &ut, &st) != 3)
 		return -1;
-	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+	*ppid = pp;
+	*cpu_s = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+	return 0;
+}
+
+double fpserver_cpu_s(const struct fpserver *s)
+{
+	pid_t ppid;
+	double cpu;
+	return proc_stat(s->pid, &ppid, &cpu) == 0 ? cpu : -1;
+}
+
+double fpserver_workers_cpu_s(const struct fpserver *s)
+{
+	DIR *d = opendir("/proc");
+	if (!d)
+		return -1;
+	double total = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		pid_t pid = (pid_t)atoi(e->d_name), ppid;
+		double cpu;
+		if (pid > 0 && proc_stat(pid, &ppid, &cpu) == 0 && ppid == s->pid)
+			total += cpu;
+	}
+	closedir(d);
+	return total;
 }
 
 long long fpserver_db_bytes(const struct fpserver *s)
