@@ -424,14 +424,15 @@ static void ndjson_headers(struct http_req *r)
 	if (!ti)
 		return http_error(r, 400, "invalid_request",
 				  "task: there is no task \"%s\" (GET /v1/tasks lists them)", task);
-	int64_t chunksize = 0;
-	double timeout = 0, wait = 0;
+	int64_t chunksize = 0, retries = 0;
+	double timeout = C.default_timeout, wait = 0;
 	if (query_int(r, "chunksize", 1, 1000000000, &chunksize) < 0 ||
 	    query_num(r, "timeout", 1e-3, 1e7, &timeout) < 0 ||
+	    query_int(r, "retries", 0, REQUEST_MAX_RETRIES, &retries) < 0 ||
 	    query_num(r, "wait", 0, MAX_WAIT_S, &wait) < 0)
 		return;
-	struct batch b = {.chunksize = chunksize, .timeout = timeout, .created_ms = now_unix_ms(),
-			  .finished_ms = -1};
+	struct batch b = {.chunksize = chunksize, .timeout = timeout, .retries = retries,
+			  .created_ms = now_unix_ms(), .finished_ms = -1};
 	snprintf(b.task, sizeof b.task, "%s", ti->name);
 	upload_start(r, C.store, ti, &b, UPLOAD_MAX_ITEMS);
 }

@@ -235,6 +235,18 @@ TEST(failures_default_timeout_applies_to_batches_that_give_none)
 	json_t *f = future(&s, id, 0, 30);
 	CHECK_STR(jstr(jget(f, "error"), "type"), "timeout");
 	json_decref(f);
+	/* NDJSON batches too; their retries come in the query. */
+	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
+	r = reqh(&s, "POST", "/v1/batches?task=sleep&retries=1", "[30]\n", nd);
+	CHECK_INT(r.status, 201);
+	CHECK(json_real_value(jget(r.json, "timeout")) == 0.5);
+	CHECK_INT(jint(r.json, "retries"), 1);
+	id = jint(r.json, "id");
+	resp_free(&r);
+	f = future(&s, id, 0, 30);
+	CHECK_STR(jstr(jget(f, "error"), "type"), "timeout");
+	CHECK_INT(jint(f, "attempts"), 2);
+	json_decref(f);
 	/* A batch's own timeout wins. */
 	r = req(&s, "POST", "/v1/batches", "{\"task\":\"sleep\",\"items\":[[0.7]],\"timeout\":5}");
 	CHECK_INT(r.status, 201);
