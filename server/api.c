@@ -21,7 +21,6 @@
 #include "views.h"
 
 #define MAX_WAIT_S 3600
-#define UPLOAD_MAX_ITEMS 100000000LL /* items in one NDJSON batch */
 #define DEFAULT_LIST_LIMIT 100
 #define MAX_LIST_LIMIT 1000
 
@@ -434,7 +433,7 @@ static void ndjson_headers(struct http_req *r)
 	struct batch b = {.chunksize = chunksize, .timeout = timeout, .retries = retries,
 			  .created_ms = now_unix_ms(), .finished_ms = -1};
 	snprintf(b.task, sizeof b.task, "%s", ti->name);
-	upload_start(r, C.store, ti, &b, UPLOAD_MAX_ITEMS);
+	upload_start(r, C.store, ti, &b, C.max_items);
 }
 
 /* Called once a request's headers are in (see http_set_headers_hook). */

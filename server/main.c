@@ -60,7 +60,7 @@ static const char usage[] =
     "  --sync normal|full         normal survives a killed process, full also power loss\n"
     "                             (default normal)\n"
     "  --max-body BYTES           largest request body, K/M/G suffixes allowed (default 64M)\n"
-    "  --max-items N              most items in one batch (default 1000000)\n"
+    "  --max-items N              most items in one batch, JSON or NDJSON (default 10000000)\n"
     "  --default-timeout S        seconds an item may run when its batch gives no timeout\n"
     "                             (default: no limit)\n"
     "  --max-memory-per-child MB  cap each worker's address space at its start-up size + MB,\n"
@@ -275,7 +275,7 @@ static int apply(struct config *c, int opt, const char *name, const char *v)
 static int configure(struct config *c, int argc, char **argv)
 {
 	*c = (struct config){.listen = "127.0.0.1:8080", .db = "./data/forkpool.db", .sync = "normal",
-			     .max_body = 64u << 20, .max_items = 1000000, .idle_timeout = 60,
+			     .max_body = 64u << 20, .max_items = 10000000, .idle_timeout = 60,
 			     .grace = 10};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	c->workers = ncpu > 0 ? ncpu : 1;

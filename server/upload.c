@@ -81,7 +81,7 @@ static void take_line(struct http_req *r, struct upload *u, const char *p, size_
 	if (u->n >= u->max_items) {
 		json_decref(args);
 		snprintf(err, sizeof err, "more than %lld items (the limit, --max-items)", (long long)u->max_items);
-		return fail(r, u, 413, "payload_too_large", err);
+		return fail(r, u, 413, "too_many_items", err);
 	}
 	buf_reset(&u->args);
 	jsonw_value(&u->args, args);

@@ -202,3 +202,23 @@ TEST(ndjson_upload_cut_short_stores_nothing)
 	wait_rows(&s, "batches", 0);
 	server_stop(&s);
 }
+
+TEST(ndjson_more_items_than_max_items_is_413_and_stores_nothing)
+{
+	struct server s;
+	server_start(&s, "--max-items", "10", NULL);
+	char *body = lines(11, "\n");
+	struct resp r = post_ndjson(&s, "?task=square", body);
+	free(body);
+	CHECK_INT(r.status, 413);
+	CHECK_STR(jstr(jget(r.json, "error"), "code"), "too_many_items");
+	CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), "line 11: more than 10 items");
+	resp_free(&r);
+	wait_rows(&s, "futures", 0);
+	body = lines(10, "\n");
+	r = post_ndjson(&s, "?task=square", body);
+	free(body);
+	CHECK_INT(r.status, 201);
+	resp_free(&r);
+	server_stop(&s);
+}
