@@ -1,0 +1,171 @@
+"""test_pyclient.py - clients/python/forkpool.py against a real server.
+
+Run by tests/test_pyclient.c, which starts the server (2 workers, a token)
+and passes FORKPOOL_URL and FORKPOOL_TOKEN. Each test leaves no work running.
+"""
+import concurrent.futures as cf
+import json
+import os
+import sys
+import time
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.environ["FORKPOOL_CLIENT_DIR"])
+from forkpool import (APIError, ForkpoolExecutor, ForkpoolFuture, TaskError,  # noqa: E402
+                      TaskTimeout, WorkerDied)
+
+URL = os.environ["FORKPOOL_URL"]
+TOKEN = os.environ["FORKPOOL_TOKEN"]
+
+
+def api(method, path):
+    req = urllib.request.Request(URL + path, method=method,
+                                 headers={"Authorization": "Bearer " + TOKEN})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+class Client(unittest.TestCase):
+    def setUp(self):
+        self.ex = ForkpoolExecutor(URL, token=TOKEN)
+
+    def tearDown(self):
+        self.ex.shutdown(wait=False, cancel_futures=True)
+        # Nothing may keep the two workers busy for the next test.
+        for b in api("GET", "/v1/batches?limit=1000")["batches"]:
+            if b["state"] != "done":
+                api("DELETE", "/v1/batches/%d?terminate=true" % b["id"])
+
+    def test_submit_returns_real_futures_with_exact_results(self):
+        f = self.ex.submit("square", 7)
+        self.assertIsInstance(f, cf.Future)
+        self.assertIsInstance(f, ForkpoolFuture)
+        self.assertEqual(f.result(timeout=30), 49)
+        self.assertEqual(self.ex.submit("power", 2, 100).result(timeout=30), 2 ** 100)
+        self.assertEqual(self.ex.submit("sum_squares", 10 ** 7).result(timeout=30),
+                         sum(i * i for i in range(10 ** 7)))
+        self.assertIsNone(self.ex.submit("smallest_factor", 104729).result(timeout=30))
+
+    def test_map_is_in_order_over_several_iterables_from_a_generator(self):
+        self.assertEqual(list(self.ex.map("square", range(10))), [i * i for i in range(10)])
+        self.assertEqual(list(self.ex.map("power", [2, 3, 4, 5], [10] * 4)),
+                         [1024, 59049, 1048576, 9765625])
+        n = 20000
+        got = self.ex.map("square", (i for i in range(n)), chunksize=500)
+        for i, v in enumerate(got):
+            self.assertEqual(v, i * i)
+        self.assertEqual(i, n - 1)
+
+    def test_as_completed_and_wait_from_the_standard_library(self):
+        fs = [self.ex.submit("square", i) for i in range(50)]
+        got = sorted(f.result() for f in cf.as_completed(fs, timeout=30))
+        self.assertEqual(got, sorted(i * i for i in range(50)))
+        fs = [self.ex.submit("sleep", 0.05), self.ex.submit("sleep", 30)]
+        done, not_done = cf.wait(fs, timeout=30, return_when=cf.FIRST_COMPLETED)
+        self.assertEqual(done, {fs[0]})
+        self.assertEqual(not_done, {fs[1]})
+        fs = [self.ex.submit("fail_if", i, 3) for i in range(5)]
+        done, _ = cf.wait(fs, timeout=30, return_when=cf.FIRST_EXCEPTION)
+        self.assertTrue(any(f.exception() for f in done))
+
+    def test_a_failing_item_fails_alone_with_its_kind_of_error(self):
+        fs = [self.ex.submit("fail_if", i, 2) for i in range(4)]
+        self.assertEqual([f.result(timeout=30) for f in fs if f.exception(timeout=30) is None], [0, 1, 9])
+        e = fs[2].exception()
+        self.assertIsInstance(e, TaskError)
+        self.assertEqual((e.type, e.message), ("task_error", "Cannot process 2"))
+        e = self.ex.submit("crash").exception(timeout=30)
+        self.assertIsInstance(e, WorkerDied)
+        self.assertIn("signal 6", e.message)
+        with ForkpoolExecutor(URL, token=TOKEN, item_timeout=0.3) as ex:
+            e = ex.submit("spin", 30).exception(timeout=30)
+        self.assertIsInstance(e, TaskTimeout)
+        self.assertEqual(e.type, "timeout")
+
+    def test_map_raises_at_the_failing_item(self):
+        it = self.ex.map("fail_if", [1, 2, 3], [2, 2, 2])
+        self.assertEqual(next(it), 1)
+        with self.assertRaises(TaskError) as c:
+            next(it)
+        self.assertEqual(c.exception.message, "Cannot process 2")
+
+    def test_map_timeout_raises_timeout_error(self):
+        t0 = time.monotonic()
+        it = self.ex.map("sleep", [30], timeout=0.3)
+        with self.assertRaises(cf.TimeoutError):
+            next(it)
+        self.assertLess(time.monotonic() - t0, 10)
+
+    def test_leaving_a_map_early_cancels_what_has_not_run(self):
+        it = self.ex.map("sleep", [0.01] + [30] * 20, chunksize=1)
+        self.assertIsNone(next(it))
+        it.close()
+        b = api("GET", "/v1/batches?limit=1")["batches"][0]
+        self.assertEqual(b["size"], 21)
+        self.assertGreaterEqual(b["counts"]["cancelled"], 18)  # all but the running ones
+
+    def test_cancel_succeeds_for_a_pending_future_only(self):
+        fs = [self.ex.submit("sleep", 30) for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while sum(w["current"] is not None for w in api("GET", "/v1/workers")["workers"]) < 2:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        running = [f for f in fs if api("GET", "/v1/batches/%d/futures/%d" % (f.batch, f.index))["state"]
+                   == "running"]
+        pending = [f for f in fs if f not in running]
+        self.assertEqual((len(running), len(pending)), (2, 1))
+        self.assertTrue(pending[0].cancel())
+        self.assertTrue(pending[0].cancelled())
+        self.assertFalse(running[0].cancel())
+        self.assertFalse(running[0].cancelled())
+        done, _ = cf.wait(pending, timeout=10)
+        self.assertEqual(done, set(pending))
+
+    def test_shutdown_with_cancel_futures_cancels_what_has_not_started(self):
+        ex = ForkpoolExecutor(URL, token=TOKEN)
+        fs = [ex.submit("sleep", 30) for _ in range(6)]
+        while any(f.batch is None for f in fs):
+            time.sleep(0.01)
+        ex.shutdown(wait=False, cancel_futures=True)
+        with self.assertRaises(RuntimeError):
+            ex.submit("square", 1)
+        b = api("GET", "/v1/batches/%d" % fs[0].batch)
+        self.assertGreaterEqual(b["counts"]["cancelled"], 4)
+        # The server's cancels reach the futures through their batch's stream.
+        deadline = time.monotonic() + 10
+        while sum(f.cancelled() for f in fs) < b["counts"]["cancelled"]:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+
+    def test_bad_submissions_raise_api_error_and_fail_alone(self):
+        good = [self.ex.submit("square", i) for i in range(5)]
+        bad = self.ex.submit("square", "x")
+        unknown = self.ex.submit("no_such_task", 1)
+        self.assertEqual([f.result(timeout=30) for f in good], [0, 1, 4, 9, 16])
+        e = bad.exception(timeout=30)
+        self.assertIsInstance(e, APIError)
+        self.assertEqual((e.status, e.code), (400, "invalid_request"))
+        self.assertIn("no_such_task", unknown.exception(timeout=30).message)
+        with self.assertRaises(APIError) as c:
+            self.ex.map("square", [1, 2, "three"])
+        self.assertIn("line 3", c.exception.message)
+        with self.assertRaises(TypeError):
+            self.ex.submit(len, 1)
+
+    def test_a_wrong_token_is_an_api_error_401(self):
+        with ForkpoolExecutor(URL, token="not-the-token-at-all") as ex:
+            e = ex.submit("square", 1).exception(timeout=30)
+            self.assertEqual((e.status, e.code), (401, "unauthorized"))
+            with self.assertRaises(APIError):
+                ex.map("square", [1])
+
+    def test_with_block_waits_for_every_future(self):
+        with ForkpoolExecutor(URL, token=TOKEN) as ex:
+            fs = [ex.submit("sleep", 0.05) for _ in range(4)]
+        self.assertTrue(all(f.done() for f in fs))
+
+
+if __name__ == "__main__":
+    r = unittest.main(verbosity=2, exit=False).result
+    sys.exit(0 if r.wasSuccessful() else 1)
