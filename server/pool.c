@@ -738,7 +738,7 @@ static void settle_chunk(struct worker *w, int status)
 					 (long long)w->batch, (long long)idx, ferr_names[o.type],
 					 (int)w->pid);
 				requeued++;
-			} else {
+			} else if (!P.db_down) { /* else the replay decides */
 				metrics_item_done(w->task, FS_FAILED, o.type, (now - started) * 1000,
 						  started - w->batch_created_ms);
 			}
