@@ -38,7 +38,7 @@ struct config {
 	int protect_metrics, insecure_listen;
 	int64_t result_ttl_ms; /* 0: the default (7 days); < 0: keep forever */
 	long max_memory, max_items, idle_timeout, max_connections;
-	double default_timeout, grace;
+	double default_timeout, grace, start_timeout;
 	/* --plugin and --tasks-file in order, as the workers' arguments
 	 * ("--plugin", spec, ...), NULL-terminated */
 	char *wargs[2 * MAX_EXTENSIONS + 1];
@@ -67,6 +67,8 @@ static const char usage[] =
     "                             and replace one whose resident size passes MB (default: none)\n"
     "  --grace S                  on SIGTERM, seconds to let running items finish before they\n"
     "                             go back to pending (default 10)\n"
+    "  --start-timeout S          a worker not ready S seconds after it started is killed and\n"
+    "                             counts as a failed start (default 60; 0: no limit)\n"
     "  --idle-timeout S           close a connection idle for S seconds (default 60)\n"
     "  --max-connections N        most open connections (default: from the fd limit, <= 10000)\n"
     "  --worker PATH              the worker program (default: forkpool-worker beside forkpoold)\n"
@@ -107,6 +109,7 @@ static const struct option longopts[] = {
     {"default-timeout", required_argument, NULL, 't'},
     {"max-memory-per-child", required_argument, NULL, 'M'},
     {"grace", required_argument, NULL, 'g'},
+    {"start-timeout", required_argument, NULL, 'S'},
     {"idle-timeout", required_argument, NULL, 'I'},
     {"max-connections", required_argument, NULL, 'C'},
     {"plugin", required_argument, NULL, 'P'},
@@ -235,6 +238,7 @@ static int apply(struct config *c, int opt, const char *name, const char *v)
 	case 't': return parse_seconds(name, v, 0.001, 1e7, &c->default_timeout);
 	case 'M': return parse_long(name, v, 1, 1L << 30, &c->max_memory);
 	case 'g': return parse_seconds(name, v, 0, 86400, &c->grace);
+	case 'S': return parse_seconds(name, v, 0, 86400, &c->start_timeout);
 	case 'I': return parse_long(name, v, 1, 86400, &c->idle_timeout);
 	case 'C': return parse_long(name, v, 1, 1000000, &c->max_connections);
 	case 'P':
@@ -276,7 +280,7 @@ static int configure(struct config *c, int argc, char **argv)
 {
 	*c = (struct config){.listen = "127.0.0.1:8080", .db = "./data/forkpool.db", .sync = "normal",
 			     .max_body = 64u << 20, .max_items = 10000000, .idle_timeout = 60,
-			     .grace = 10};
+			     .grace = 10, .start_timeout = 60};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	c->workers = ncpu > 0 ? ncpu : 1;
 	/* The environment first, so that flags override it. */
@@ -452,7 +456,8 @@ int main(int argc, char **argv)
 				      .max_items = cfg.max_items});
 	struct pool_config pc = {.worker_path = wpath, .workers = (int)cfg.workers,
 				 .max_tasks_per_child = cfg.max_tasks, .worker_args = cfg.wargs,
-				 .max_memory_mb = cfg.max_memory};
+				 .max_memory_mb = cfg.max_memory,
+				 .start_timeout_ms = (int64_t)(cfg.start_timeout * 1000)};
 	if (pool_start(store, &pc, on_change) < 0) {
 		log_error("pool", "msg=\"no worker could be started\"");
 		return 1;

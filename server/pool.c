@@ -54,6 +54,7 @@ struct worker {
 	struct buf out; /* frame bytes not yet written */
 	size_t out_off;
 	int64_t tasks_run, started_ms;
+	int64_t spawned_mono_ms; /* for the start deadline */
 	char task[TASK_NAME_MAX]; /* the chunk's task and its batch's submission (metrics) */
 	int64_t batch_created_ms;
 	/* the chunk in flight */
@@ -367,6 +368,7 @@ static int spawn_worker(void)
 	w->prog = prog;
 	w->state = W_STARTING;
 	w->started_ms = now_unix_ms();
+	w->spawned_mono_ms = now_mono_ms();
 	w->next = P.workers;
 	P.workers = w;
 	P.nworkers++;
@@ -830,6 +832,22 @@ int64_t pool_tick(void)
 {
 	int64_t next = -1, now_ns = now_mono_ns();
 	for (struct worker *w = P.workers; w; w = w->next) {
+		if (w->state == W_STARTING && P.cfg.start_timeout_ms > 0 && !w->fatal) {
+			/* A worker that never says hello (a plugin initializer that
+			 * hangs) would hold its slot for ever: it is a failed start. */
+			int64_t due = w->spawned_mono_ms + P.cfg.start_timeout_ms;
+			if (now_ns / 1000000 >= due) {
+				char why[160];
+				snprintf(why, sizeof why, "worker %d was not ready within %g s of its start",
+					 (int)w->pid, (double)P.cfg.start_timeout_ms / 1000);
+				w->fatal = strdup(why);
+				log_error("worker_start_timeout", "pid=%d", (int)w->pid);
+				kill(w->pid, SIGKILL);
+			} else if (next < 0 || due < next) {
+				next = due;
+			}
+			continue;
+		}
 		if (w->term_at) {
 			/* It had its SIGTERM; a task that outlives it gets SIGKILL. */
 			int64_t kill_at = w->term_at + KILL_GRACE_MS;

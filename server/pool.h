@@ -19,6 +19,7 @@ struct pool_config {
 	int64_t max_tasks_per_child; /* 0: never recycle */
 	char *const *worker_args;    /* given to every worker before --parent (plugins,
 				      * tasks files); NULL-terminated, or NULL */
+	int64_t start_timeout_ms;    /* a worker not ready by then is killed (0: no limit) */
 	int64_t max_memory_mb;	     /* 0: none. Else each worker caps its own address
 				      * space at its start-up size + this much, and one
 				      * whose resident size passes it after an item is

@@ -334,8 +334,8 @@ TEST(failures_retries_rerun_items_whose_worker_died_but_never_task_errors)
 }
 
 /* A --worker that passes --describe through to the real one and otherwise
- * serves only once the file ok exists. */
-static void write_wrapper(const char *path, const char *okfile)
+ * serves only once the file ok exists; until then it runs `otherwise`. */
+static void write_wrapper(const char *path, const char *okfile, const char *otherwise)
 {
 	FILE *f = fopen(path, "w");
 	if (!f)
@@ -343,8 +343,8 @@ static void write_wrapper(const char *path, const char *okfile)
 	fprintf(f, "#!/bin/sh\n"
 		   "for a; do [ \"$a\" = --describe ] && exec '%s/forkpool-worker' \"$@\"; done\n"
 		   "[ -e '%s' ] && exec '%s/forkpool-worker' \"$@\"\n"
-		   "exit 7\n",
-		harness_bin_dir(), okfile, harness_bin_dir());
+		   "%s\n",
+		harness_bin_dir(), okfile, harness_bin_dir(), otherwise);
 	fclose(f);
 	chmod(path, 0755);
 }
@@ -356,7 +356,7 @@ TEST_T(failures_a_worker_that_cannot_start_backs_off_and_healthz_says_why, 60)
 		FAILF("getcwd");
 	snprintf(wrapper, sizeof wrapper, "%s/worker.sh", cwd);
 	snprintf(ok, sizeof ok, "%s/ok", cwd);
-	write_wrapper(wrapper, ok);
+	write_wrapper(wrapper, ok, "exit 7");
 	struct server s;
 	server_start(&s, "--workers", "2", "--worker", wrapper, NULL);
 	int64_t t0 = harness_now_ms();
@@ -408,6 +408,35 @@ TEST_T(failures_a_worker_that_cannot_start_backs_off_and_healthz_says_why, 60)
 			break;
 		CHECK(harness_now_ms() - t0 < 5000);
 	}
+	server_stop(&s);
+}
+
+TEST_T(failures_a_worker_that_hangs_before_it_is_ready_is_killed_at_the_start_timeout, 30)
+{
+	char cwd[512], wrapper[600], ok[600];
+	if (!getcwd(cwd, sizeof cwd))
+		FAILF("getcwd");
+	snprintf(wrapper, sizeof wrapper, "%s/worker.sh", cwd);
+	snprintf(ok, sizeof ok, "%s/ok", cwd);
+	write_wrapper(wrapper, ok, "exec sleep 600");
+	struct server s;
+	server_start(&s, "--workers", "1", "--worker", wrapper, "--start-timeout", "0.5", NULL);
+	int64_t t0 = harness_now_ms();
+	for (;;) {
+		struct resp r = req(&s, "GET", "/healthz", NULL);
+		int failing = r.status == 503;
+		if (failing)
+			CHECK_CONTAINS(jstr(r.json, "reason"), "was not ready within 0.5 s");
+		resp_free(&r);
+		if (failing)
+			break;
+		CHECK(harness_now_ms() - t0 < 5000);
+	}
+	CHECK(server_log_count(&s, "event=worker_start_timeout", NULL) >= 1);
+	int fd = open(ok, O_CREAT | O_WRONLY, 0644);
+	close(fd);
+	wait_workers(&s, 1, 10000);
+	json_decref(wait_batch(&s, submit(&s, "{\"task\":\"square\",\"items\":[[3]]}"), 30));
 	server_stop(&s);
 }
 
