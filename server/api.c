@@ -414,6 +414,12 @@ static void ndjson_headers(struct http_req *r)
 {
 	if (shutting_down)
 		return http_error(r, 503, "shutting_down", "the server is shutting down; retry later");
+	if (http_header(r, "Idempotency-Key"))
+		/* Its body is stored as it arrives, before a hash of it could be
+		 * compared: refuse rather than ignore the key. */
+		return http_error(r, 400, "invalid_request",
+				  "Idempotency-Key is not supported with an NDJSON body; send a JSON "
+				  "body to retry safely");
 	const char *task = http_query(r, "task");
 	if (!task)
 		return http_error(r, 400, "invalid_request",

@@ -899,6 +899,13 @@ TEST(failures_idempotency_key_returns_the_original_batch_and_409s_another_body)
 	r = req(&s, "GET", "/v1/batches", NULL);
 	CHECK_INT(json_array_size(jget(r.json, "batches")), 3);
 	resp_free(&r);
+	/* NDJSON bodies are stored as they arrive: a key is refused, not ignored. */
+	static const char *const nd[] = {"Content-Type: application/x-ndjson", "Idempotency-Key: nd",
+					 NULL};
+	r = reqh(&s, "POST", "/v1/batches?task=square", "[1]\n", nd);
+	CHECK_INT(r.status, 400);
+	CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), "Idempotency-Key");
+	resp_free(&r);
 	/* Keys last across a crash: the retry after a kill -9 finds the batch. */
 	server_kill9(&s);
 	server_start(&s, "--workers", "1", NULL);
