@@ -269,24 +269,6 @@ static int64_t file_size(const char *path, const char *suffix)
 	return stat(p, &st) == 0 ? (int64_t)st.st_size : 0;
 }
 
-/* Resident memory of a process in bytes, from /proc (0 if gone). */
-static int64_t rss_bytes(int pid)
-{
-	char p[64], s[128];
-	snprintf(p, sizeof p, "/proc/%d/statm", pid);
-	int fd = open(p, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	ssize_t n = read(fd, s, sizeof s - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	s[n] = '\0';
-	long long size, resident;
-	if (sscanf(s, "%lld %lld", &size, &resident) != 2)
-		return 0;
-	return (int64_t)resident * sysconf(_SC_PAGESIZE);
-}
 
 static const char *const wstates[] = {"starting", "idle", "busy", "retiring"};
 
@@ -300,7 +282,7 @@ static void count_worker(void *arg, const struct pool_worker_info *w)
 	for (int i = 0; i < 4; i++)
 		if (!strcmp(w->state, wstates[i]))
 			c->n[i]++;
-	c->rss += rss_bytes(w->pid);
+	c->rss += pool_rss_bytes(w->pid);
 }
 
 void metrics_handle(struct http_req *r)
@@ -421,7 +403,7 @@ static void worker_json(void *arg, const struct pool_worker_info *w)
 	struct wlist *l = arg;
 	struct buf *o = l->o;
 	buf_printf(o, "%s{\"pid\":%d,\"state\":\"%s\",\"tasks_run\":%lld,\"rss_bytes\":%lld,\"started_at\":",
-		   l->n++ ? "," : "", w->pid, w->state, (long long)w->tasks_run, (long long)rss_bytes(w->pid));
+		   l->n++ ? "," : "", w->pid, w->state, (long long)w->tasks_run, (long long)pool_rss_bytes(w->pid));
 	buf_json_time(o, w->started_ms);
 	buf_adds(o, ",\"current\":");
 	if (w->index >= 0) {

@@ -450,20 +450,22 @@ static void chunk_done(struct worker *w)
 	}
 }
 
-/* The resident size of a process in MiB, or -1. */
-static int64_t rss_mb(pid_t pid)
+int64_t pool_rss_bytes(pid_t pid)
 {
-	char path[64];
+	char path[64], s[128];
 	snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return -1;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, s, sizeof s - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	s[n] = '\0';
 	long long size, resident;
-	int n = fscanf(f, "%lld %lld", &size, &resident);
-	fclose(f);
-	if (n != 2)
-		return -1;
-	return resident * sysconf(_SC_PAGESIZE) / (1 << 20);
+	if (sscanf(s, "%lld %lld", &size, &resident) != 2)
+		return 0;
+	return (int64_t)resident * sysconf(_SC_PAGESIZE);
 }
 
 /* After an item: marks a worker whose resident size passed
@@ -476,11 +478,13 @@ static void check_memory(struct worker *w)
 	    (w->done < w->n && now - w->rss_checked_ms < RSS_CHECK_MS))
 		return;
 	w->rss_checked_ms = now;
-	int64_t mb = rss_mb(w->pid);
-	if (mb > P.cfg.max_memory_mb) {
+	/* In bytes: a MiB count rounded down would let a worker a little
+	 * over the limit pass. */
+	int64_t rss = pool_rss_bytes(w->pid);
+	if (rss > P.cfg.max_memory_mb * (1 << 20)) {
 		w->retire = "max_memory";
-		log_info("worker_memory", "pid=%d rss_mb=%lld limit_mb=%lld", (int)w->pid, (long long)mb,
-			 (long long)P.cfg.max_memory_mb);
+		log_info("worker_memory", "pid=%d rss_bytes=%lld limit_mb=%lld", (int)w->pid,
+			 (long long)rss, (long long)P.cfg.max_memory_mb);
 	}
 }
 

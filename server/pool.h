@@ -10,6 +10,7 @@
 #define FORKPOOL_POOL_H
 
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "store.h"
 
@@ -61,6 +62,8 @@ struct pool_worker_info {
 };
 /* Calls fn for every worker process (retiring ones too), newest first. */
 void pool_workers(void (*fn)(void *arg, const struct pool_worker_info *w), void *arg);
+/* The resident memory of process pid in bytes, from /proc (0 if it is gone). */
+int64_t pool_rss_bytes(pid_t pid);
 /* Workers ready for work (started and not dying). */
 int pool_ready(void);
 /* Tells the pool how the turn's commit went (call after every attempt; ok

@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -364,6 +365,13 @@ static int serve(long parent)
 		fprintf(stderr, "forkpool-worker: write to fd %d: %s\n", WORKER_SOCK_FD, strerror(errno));
 		return 1;
 	}
+	/* glibc gives a second thread (the sender) its own malloc arena, and
+	 * reserves 64 MiB of address space for it at its first malloc: under
+	 * the cap that reservation would eat an item's whole allowance, or not,
+	 * depending on when the sender first allocates. One arena keeps the
+	 * cap about the items. */
+	if (max_memory_mb > 0)
+		mallopt(M_ARENA_MAX, 1);
 	if (start_sender() < 0)
 		return 1;
 	cap_memory();
