@@ -151,8 +151,12 @@ static int run_one(const struct test *t)
 	}
 	kill(-pid, SIGKILL); /* anything the test left running */
 	int ok = !timed_out && WIFEXITED(status) && WEXITSTATUS(status) == 0;
-	if (!ok)
+	if (!ok) {
 		show_tail(dir, "test.stderr", 40);
+		/* The server's own account of the failure (the last server the
+		 * test started writes server.log in the test's directory). */
+		show_tail(dir, "server.log", 20);
+	}
 	rm_rf(dir);
 	long ms = (long)(harness_now_ms() - t0);
 	if (ok)
