@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,7 +123,133 @@ struct store {
 	 * fails, so that the caller knows those writes are gone. */
 	int lost;
 	char last_error[256];
+	struct checkpointer *ckpt;
 };
+
+/* ---- the checkpointer ----
+ *
+ * A checkpoint copies the WAL into the database file and fsyncs both: 10 to
+ * 20 ms on these machines, which SQLite's automatic checkpoint spends inside
+ * the commit that crosses its threshold, that is inside the event loop (it
+ * was the whole of W2's p99). Instead the loop's connection has a WAL hook
+ * that only wakes this thread, which runs PASSIVE checkpoints on a
+ * connection of its own. A passive checkpoint takes no lock a writer needs:
+ * the loop keeps committing meanwhile, and the next commit after a complete
+ * checkpoint starts the WAL over. The thread touches nothing of the store
+ * but its own connection and the fields below. */
+#define CKPT_PAGES 1000 /* SQLite's own default threshold */
+
+struct checkpointer {
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int want, quit; /* under mu */
+	int asked;	/* the WAL's size at the latest ask (loop thread only) */
+	sqlite3 *db;	/* the thread's own connection */
+};
+
+static void *ckpt_main(void *arg)
+{
+	struct checkpointer *c = arg;
+	pthread_mutex_lock(&c->mu);
+	for (;;) {
+		while (!c->want && !c->quit)
+			pthread_cond_wait(&c->cv, &c->mu);
+		if (c->quit)
+			break;
+		c->want = 0;
+		pthread_mutex_unlock(&c->mu);
+		int log_pages = -1, done = -1;
+		int rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages,
+						   &done);
+		if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+			/* A full disk, say: the WAL grows meanwhile, and the next
+			 * commit over the threshold asks again. */
+			log_warn("db_checkpoint", "code=%d msg=\"%s\"", rc, sqlite3_errmsg(c->db));
+		else
+			log_debug("db_checkpoint", "wal_pages=%d copied=%d", log_pages, done);
+		pthread_mutex_lock(&c->mu);
+	}
+	pthread_mutex_unlock(&c->mu);
+	return NULL;
+}
+
+/* The loop connection's WAL hook, after each commit: pages is the WAL's size. */
+static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+	(void)db, (void)name;
+	struct checkpointer *c = arg;
+	/* Once over the threshold, every commit would ask again while the
+	 * WAL waits to start over (a writer restarts it only after a complete
+	 * checkpoint): ask again when a quarter of the threshold is new. */
+	if (pages < c->asked)
+		c->asked = 0; /* it started over */
+	if (pages >= CKPT_PAGES && pages - c->asked >= CKPT_PAGES / 4) {
+		c->asked = pages;
+		pthread_mutex_lock(&c->mu);
+		c->want = 1;
+		pthread_cond_signal(&c->cv);
+		pthread_mutex_unlock(&c->mu);
+	}
+	return SQLITE_OK;
+}
+
+static void ckpt_stop(struct store *s)
+{
+	struct checkpointer *c = s->ckpt;
+	if (!c)
+		return;
+	sqlite3_wal_hook(s->db, NULL, NULL);
+	pthread_mutex_lock(&c->mu);
+	c->quit = 1;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+	pthread_join(c->thread, NULL);
+	sqlite3_close(c->db);
+	pthread_cond_destroy(&c->cv);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+	s->ckpt = NULL;
+}
+
+/* Starts the thread and hands it the WAL hook. 0 / -1 (logged). */
+static int ckpt_start(struct store *s, const char *path)
+{
+	struct checkpointer *c = calloc(1, sizeof *c);
+	if (!c)
+		return -1;
+	if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+	    SQLITE_OK) {
+		log_error("db_open", "path=\"%s\" msg=\"checkpointer: %s\"", path,
+			  c->db ? sqlite3_errmsg(c->db) : "out of memory");
+		sqlite3_close(c->db);
+		free(c);
+		return -1;
+	}
+	/* A connection knows the file is in WAL mode only once it has read it;
+	 * before that its checkpoints do nothing. */
+	if (sqlite3_exec(c->db, "PRAGMA journal_mode", NULL, NULL, NULL) != SQLITE_OK) {
+		log_error("db_open", "path=\"%s\" msg=\"checkpointer: %s\"", path, sqlite3_errmsg(c->db));
+		sqlite3_close(c->db);
+		free(c);
+		return -1;
+	}
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_cond_init(&c->cv, NULL);
+	int rc = pthread_create(&c->thread, NULL, ckpt_main, c);
+	if (rc != 0) {
+		log_error("db_open", "msg=\"checkpointer: pthread_create: %s\"", strerror(rc));
+		sqlite3_close(c->db);
+		pthread_cond_destroy(&c->cv);
+		pthread_mutex_destroy(&c->mu);
+		free(c);
+		return -1;
+	}
+	s->ckpt = c;
+	/* Replaces SQLite's automatic checkpoint, which is a WAL hook too. */
+	sqlite3_wal_hook(s->db, ckpt_hook, c);
+	return 0;
+}
 
 static int db_fail(struct store *s, const char *op)
 {
@@ -242,12 +369,6 @@ int store_commit(struct store *s)
 }
 
 int store_dirty(const struct store *s) { return s->in_txn || s->lost; }
-
-void store_checkpoint(struct store *s)
-{
-	if (!s->in_txn)
-		sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-}
 
 static int mkdirs_for(const char *path)
 {
@@ -377,7 +498,7 @@ struct store *store_open(const char *path, int sync_full)
 	}
 	if (exec(s, sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL") < 0 ||
 	    exec(s, "PRAGMA cache_size = -32768") < 0 || exec(s, "PRAGMA temp_store = MEMORY") < 0 ||
-	    migrate(s) < 0 || recover(s) < 0)
+	    migrate(s) < 0 || recover(s) < 0 || ckpt_start(s, path) < 0)
 		goto fail;
 	/* What SQLite really does, read back (a 201 relies on it). */
 	int sync = -1;
@@ -410,6 +531,7 @@ void store_close(struct store *s)
 		return;
 	if (s->in_txn)
 		store_commit(s);
+	ckpt_stop(s);
 	for (int i = 0; i < S_NSTMTS; i++)
 		sqlite3_finalize(s->st[i]);
 	if (s->db) {

@@ -5,7 +5,10 @@
  * Transactions: the first write opens one (BEGIN IMMEDIATE); store_commit ends
  * it. The event loop commits once per turn (group commit), so a turn's results
  * and submissions cost one commit between them. One connection, used only on
- * the loop thread; never carried across fork (workers are exec'd). */
+ * the loop thread; never carried across fork (workers are exec'd). WAL
+ * checkpoints run off the loop, on a thread of the store's with its own
+ * connection, when the WAL passes 1000 pages; store_close checkpoints the
+ * rest and truncates the WAL. */
 #ifndef FORKPOOL_STORE_H
 #define FORKPOOL_STORE_H
 
@@ -58,8 +61,6 @@ void store_close(struct store *s);
 int store_commit(struct store *s);
 /* Whether writes are waiting for store_commit. */
 int store_dirty(const struct store *s);
-/* Runs a passive WAL checkpoint (call when idle or at shutdown). */
-void store_checkpoint(struct store *s);
 
 /* Submission: store_batch_begin inserts the batch row (b->id is set), each
  * store_batch_item one future, and store_batch_end(ok) keeps them (ok) or
