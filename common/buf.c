@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 void buf_reserve(struct buf *b, size_t n)
 {
@@ -116,7 +115,31 @@ void buf_json_cstr(struct buf *b, const char *s)
 		buf_json_str(b, s, strlen(s));
 }
 
-void buf_json_i64(struct buf *b, int64_t v) { buf_printf(b, "%lld", (long long)v); }
+/* Integers and times are written by hand: they are most of what a stream of
+ * futures writes, and vsnprintf (with gmtime_r for times) cost ten times as
+ * much (callgrind, 2,000 single-item batches). */
+void buf_json_i64(struct buf *b, int64_t v)
+{
+	char tmp[24];
+	char *p = tmp + sizeof tmp;
+	uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
+	do {
+		*--p = (char)('0' + (int)(u % 10));
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		*--p = '-';
+	buf_add(b, p, (size_t)(tmp + sizeof tmp - p));
+}
+
+static char *put_digits(char *p, unsigned v, int n)
+{
+	for (int i = n - 1; i >= 0; i--) {
+		p[i] = (char)('0' + v % 10);
+		v /= 10;
+	}
+	return p + n;
+}
 
 void buf_json_i128(struct buf *b, __int128 v)
 {
@@ -156,9 +179,38 @@ void buf_json_time(struct buf *b, int64_t ms)
 		buf_adds(b, "null");
 		return;
 	}
-	time_t t = (time_t)(ms / 1000);
-	struct tm tm;
-	gmtime_r(&t, &tm);
-	buf_printf(b, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", tm.tm_year + 1900, tm.tm_mon + 1,
-		   tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+	/* The proleptic Gregorian date of a day count (days since 1970-01-01),
+	 * in 400-year eras of 146097 days that start on a March 1st, so that
+	 * the leap day ends a year (H. Hinnant's civil_from_days). */
+	int64_t days = ms / 86400000, in_day = ms % 86400000;
+	int64_t z = days + 719468;
+	int64_t era = z / 146097;
+	unsigned doe = (unsigned)(z - era * 146097);
+	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	unsigned mp = (5 * doy + 2) / 153;
+	unsigned day = doy - (153 * mp + 2) / 5 + 1;
+	unsigned month = mp < 10 ? mp + 3 : mp - 9;
+	int64_t year = (int64_t)yoe + era * 400 + (month <= 2);
+	if (year > 9999)
+		year = 9999; /* RFC 3339 has four digits */
+	unsigned secs = (unsigned)(in_day / 1000), milli = (unsigned)(in_day % 1000);
+	char t[32], *p = t;
+	*p++ = '"';
+	p = put_digits(p, (unsigned)year, 4);
+	*p++ = '-';
+	p = put_digits(p, month, 2);
+	*p++ = '-';
+	p = put_digits(p, day, 2);
+	*p++ = 'T';
+	p = put_digits(p, secs / 3600, 2);
+	*p++ = ':';
+	p = put_digits(p, secs / 60 % 60, 2);
+	*p++ = ':';
+	p = put_digits(p, secs % 60, 2);
+	*p++ = '.';
+	p = put_digits(p, milli, 3);
+	*p++ = 'Z';
+	*p++ = '"';
+	buf_add(b, t, (size_t)(p - t));
 }

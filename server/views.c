@@ -17,19 +17,32 @@ int batch_done(const struct batch *b)
 
 void batch_json(struct buf *o, const struct batch *b)
 {
-	buf_printf(o, "{\"id\":%lld,\"task\":", (long long)b->id);
+	/* No printf here: these objects are most of a stream's output. */
+	buf_adds(o, "{\"id\":");
+	buf_json_i64(o, b->id);
+	buf_adds(o, ",\"task\":");
 	buf_json_cstr(o, b->task);
-	buf_printf(o, ",\"size\":%lld,\"chunksize\":%lld,\"timeout\":", (long long)b->size,
-		   (long long)b->chunksize);
+	buf_adds(o, ",\"size\":");
+	buf_json_i64(o, b->size);
+	buf_adds(o, ",\"chunksize\":");
+	buf_json_i64(o, b->chunksize);
+	buf_adds(o, ",\"timeout\":");
 	if (b->timeout > 0)
 		buf_json_double(o, b->timeout);
 	else
 		buf_adds(o, "null");
-	buf_printf(o, ",\"retries\":%lld,\"state\":", (long long)b->retries);
+	buf_adds(o, ",\"retries\":");
+	buf_json_i64(o, b->retries);
+	buf_adds(o, ",\"state\":");
 	buf_json_cstr(o, batch_state(b));
 	buf_adds(o, ",\"counts\":{");
-	for (int k = 0; k < FS_NSTATES; k++)
-		buf_printf(o, "%s\"%s\":%lld", k ? "," : "", fstate_names[k], (long long)b->counts[k]);
+	for (int k = 0; k < FS_NSTATES; k++) {
+		if (k)
+			buf_addc(o, ',');
+		buf_json_cstr(o, fstate_names[k]);
+		buf_addc(o, ':');
+		buf_json_i64(o, b->counts[k]);
+	}
 	buf_adds(o, "},\"created_at\":");
 	buf_json_time(o, b->created_ms);
 	buf_adds(o, ",\"finished_at\":");
@@ -39,7 +52,10 @@ void batch_json(struct buf *o, const struct batch *b)
 
 void future_json(struct buf *o, const struct future *f)
 {
-	buf_printf(o, "{\"index\":%lld,\"state\":\"%s\"", (long long)f->index, fstate_names[f->state]);
+	buf_adds(o, "{\"index\":");
+	buf_json_i64(o, f->index);
+	buf_adds(o, ",\"state\":");
+	buf_json_cstr(o, fstate_names[f->state]);
 	if (f->state == FS_FINISHED) {
 		buf_adds(o, ",\"result\":");
 		if (f->result)
@@ -55,7 +71,9 @@ void future_json(struct buf *o, const struct future *f)
 		buf_json_cstr(o, f->error ? f->error : "");
 		buf_addc(o, '}');
 	}
-	buf_printf(o, ",\"attempts\":%lld,\"worker\":", (long long)f->attempts);
+	buf_adds(o, ",\"attempts\":");
+	buf_json_i64(o, f->attempts);
+	buf_adds(o, ",\"worker\":");
 	if (f->worker > 0)
 		buf_json_i64(o, f->worker);
 	else

@@ -1,0 +1,55 @@
+/* test_buf.c - the JSON text writer's hand-written integers and times,
+ * against the C library's own formatting. */
+#include <stdio.h>
+#include <time.h>
+
+#include "buf.h"
+#include "harness.h"
+
+TEST(buf_json_time_matches_gmtime_from_1970_to_9999)
+{
+	struct buf b = {0};
+	buf_json_time(&b, -1);
+	CHECK_STR(b.data, "null");
+	static const int64_t fixed[] = {0, 999, 86399999, 86400000, 951782400000, /* 2000-02-29 */
+					951868800000, 4102444800000, /* 2100-01-01, no leap day */
+					253402300799999};
+	/* Every day boundary of four centuries, plus a spread of odd instants. */
+	uint64_t x = 88172645463325252u;
+	for (int i = 0; i < 200000; i++) {
+		int64_t ms;
+		if (i < (int)(sizeof fixed / sizeof fixed[0]))
+			ms = fixed[i];
+		else if (i < 150000)
+			ms = (int64_t)(i - 8) * 86400000 + (i % 2 ? 86399999 : 0);
+		else {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			ms = (int64_t)(x % 253402300800000u);
+		}
+		buf_reset(&b);
+		buf_json_time(&b, ms);
+		time_t t = (time_t)(ms / 1000);
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		char want[48];
+		snprintf(want, sizeof want, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", tm.tm_year + 1900,
+			 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+		if (strcmp(b.data, want))
+			FAILF("%lld ms: wrote %s, expected %s", (long long)ms, b.data, want);
+	}
+	buf_free(&b);
+}
+
+TEST(buf_json_i64_writes_every_edge_exactly)
+{
+	static const int64_t v[] = {0, 1, -1, 9, 10, -10, 123456789, INT64_MAX, INT64_MIN};
+	struct buf b = {0};
+	for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+		buf_reset(&b);
+		buf_json_i64(&b, v[i]);
+		char want[32];
+		snprintf(want, sizeof want, "%lld", (long long)v[i]);
+		CHECK_STR(b.data, want);
+	}
+	buf_free(&b);
+}
