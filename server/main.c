@@ -507,7 +507,11 @@ int main(int argc, char **argv)
 		}
 		if (http_pending())
 			http_run();
-		commit(store);
+		/* One commit a turn holds the turn's results, submissions and
+		 * claims. A chunk may go out before the commit that holds its
+		 * claim (and even its batch): if that commit fails, the pool
+		 * replays its writes later, and the results of a batch that was
+		 * rolled back update nothing; the client was told 503. */
 		pool_dispatch();
 		commit(store);
 		if (http_pending())
