@@ -59,6 +59,38 @@ static void reply_batch(struct http_req *r, unsigned status, const struct batch 
 	http_reply(r, status, &o);
 }
 
+/* The query parameters each route reads. Any other is refused, so that a
+ * typo (?wiat=5, ?chunk_size=) is a 400 rather than silently ignored. */
+static const char *const Q_NONE[] = {NULL};
+static const char *const Q_POST_JSON[] = {"wait", NULL};
+static const char *const Q_POST_NDJSON[] = {"task", "chunksize", "timeout", "retries", "wait", NULL};
+static const char *const Q_LIST[] = {"limit", "after", NULL};
+static const char *const Q_BATCH[] = {"wait", "until", NULL};
+static const char *const Q_DELETE[] = {"terminate", "purge", NULL};
+static const char *const Q_RESULTS[] = {"order", "after", "limit", "timeout", "heartbeat", NULL};
+static const char *const Q_FUTURE[] = {"wait", NULL};
+
+/* 0 if every query parameter is one of allowed, else -1 (answered 400). */
+static int query_known(struct http_req *r, const char *const *allowed)
+{
+	const char *bad = http_query_unknown(r, allowed);
+	if (!bad)
+		return 0;
+	struct buf names = {0};
+	for (const char *const *a = allowed; *a; a++)
+		buf_printf(&names, "%s%s", a == allowed ? "" : ", ", *a);
+	if (*allowed)
+		http_error(r, 400, "invalid_request",
+			   "unknown query parameter \"%s\" for %s %s (it takes: %s)", bad,
+			   http_method(r), http_path(r), names.data);
+	else
+		http_error(r, 400, "invalid_request",
+			   "unknown query parameter \"%s\": %s %s takes none", bad, http_method(r),
+			   http_path(r));
+	buf_free(&names);
+	return -1;
+}
+
 /* Parses a query parameter as a number in [min, max]. 1: set, 0: absent,
  * -1: invalid (answered with 400). */
 static int query_num(struct http_req *r, const char *key, double min, double max, double *out)
@@ -414,6 +446,8 @@ static void ndjson_headers(struct http_req *r)
 {
 	if (shutting_down)
 		return http_error(r, 503, "shutting_down", "the server is shutting down; retry later");
+	if (query_known(r, Q_POST_NDJSON) < 0)
+		return;
 	if (http_header(r, "Idempotency-Key"))
 		/* Its body is stored as it arrives, before a hash of it could be
 		 * compared: refuse rather than ignore the key. */
@@ -784,8 +818,12 @@ void api_handle(struct http_req *r)
 		return get ? get_tasks(r) : not_allowed(r, "GET");
 	if (!strcmp(p, "/v1/batches")) {
 		if (!strcmp(m, "POST"))
-			return post_batch(r);
-		return get ? list_batches(r) : not_allowed(r, "GET, POST");
+			/* An NDJSON upload's query was checked with its headers. */
+			return upload_active(r) || query_known(r, Q_POST_JSON) == 0 ? post_batch(r)
+										    : (void)0;
+		if (!get)
+			return not_allowed(r, "GET, POST");
+		return query_known(r, Q_LIST) == 0 ? list_batches(r) : (void)0;
 	}
 	static const char prefix[] = "/v1/batches/";
 	if (!strncmp(p, prefix, sizeof prefix - 1)) {
@@ -795,24 +833,35 @@ void api_handle(struct http_req *r)
 			return http_error(r, 404, "not_found", "there is no batch \"%.*s\"",
 					  (int)(slash ? slash - s : (long)strlen(s)), s);
 		if (!slash) {
+			if (query_known(r, !strcmp(m, "DELETE") ? Q_DELETE : Q_BATCH) < 0)
+				return;
 			if (!strcmp(m, "DELETE") && retention_delete(r, id))
 				return; /* ?purge=true */
 			if (!strcmp(m, "DELETE"))
 				return cancel_batch(r, id);
 			return get ? get_batch(r, id) : not_allowed(r, "GET, DELETE");
 		}
-		if (!strcmp(slash, "/results"))
-			return get ? get_results(r, id) : not_allowed(r, "GET");
+		if (!strcmp(slash, "/results")) {
+			if (!get)
+				return not_allowed(r, "GET");
+			return query_known(r, Q_RESULTS) == 0 ? get_results(r, id) : (void)0;
+		}
 		static const char fut[] = "/futures/";
 		if (!strncmp(slash, fut, sizeof fut - 1)) {
 			const char *is = slash + sizeof fut - 1, *tail = strchr(is, '/');
 			int64_t index = parse_id(is, tail ? (size_t)(tail - is) : strlen(is));
 			if (index < 0)
 				return http_error(r, 404, "not_found", "there is no future \"%s\"", is);
-			if (tail && !strcmp(tail, "/cancel"))
-				return !strcmp(m, "POST") ? cancel_future(r, id, index) : not_allowed(r, "POST");
-			if (!tail)
-				return get ? get_future(r, id, index) : not_allowed(r, "GET");
+			if (tail && !strcmp(tail, "/cancel")) {
+				if (strcmp(m, "POST"))
+					return not_allowed(r, "POST");
+				return query_known(r, Q_NONE) == 0 ? cancel_future(r, id, index) : (void)0;
+			}
+			if (!tail) {
+				if (!get)
+					return not_allowed(r, "GET");
+				return query_known(r, Q_FUTURE) == 0 ? get_future(r, id, index) : (void)0;
+			}
 		}
 	}
 	http_error(r, 404, "not_found", "no route for %s %s (the API is under /v1)", m, p);

@@ -306,6 +306,30 @@ const char *http_query(const struct http_req *r, const char *key)
 {
 	return MHD_lookup_connection_value(r->con, MHD_GET_ARGUMENT_KIND, key);
 }
+struct unknown_scan {
+	const char *const *allowed;
+	const char *found;
+};
+
+static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char *key,
+				  const char *value)
+{
+	(void)kind, (void)value;
+	struct unknown_scan *u = cls;
+	for (const char *const *a = u->allowed; *a; a++)
+		if (!strcmp(*a, key))
+			return MHD_YES;
+	u->found = key;
+	return MHD_NO;
+}
+
+const char *http_query_unknown(const struct http_req *r, const char *const *allowed)
+{
+	struct unknown_scan u = {.allowed = allowed};
+	MHD_get_connection_values(r->con, MHD_GET_ARGUMENT_KIND, scan_query, &u);
+	return u.found;
+}
+
 const char *http_header(const struct http_req *r, const char *key)
 {
 	return MHD_lookup_connection_value(r->con, MHD_HEADER_KIND, key);

@@ -46,6 +46,9 @@ void http_stop(void);
 const char *http_method(const struct http_req *r);
 const char *http_path(const struct http_req *r);
 const char *http_query(const struct http_req *r, const char *key);
+/* The first query parameter whose name is not in allowed (a NULL-terminated
+ * list), or NULL when every one is known. */
+const char *http_query_unknown(const struct http_req *r, const char *const *allowed);
 const char *http_header(const struct http_req *r, const char *key);
 const char *http_body(const struct http_req *r, size_t *len);
 enum http_wake http_woken(const struct http_req *r);

@@ -247,6 +247,51 @@ TEST(hostile_bad_bodies_get_a_4xx_json_error_naming_the_problem_and_store_nothin
 	server_stop(&s);
 }
 
+/* A misspelt query parameter would otherwise be ignored: ?wiat=5 answers at
+ * once, ?chunk_size=2 submits with the default chunk size. Every /v1 route
+ * names the parameters it takes instead, and nothing is stored. */
+TEST(hostile_unknown_query_parameters_are_400_naming_the_parameter)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[2]]}");
+	json_decref(wait_batch(&s, id, 30));
+	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
+	static const struct {
+		const char *method, *path, *body, *param;
+		int ndjson;
+	} cases[] = {
+	    {"POST", "/v1/batches?chunk_size=2", "{\"task\":\"square\",\"items\":[[1]]}", "chunk_size", 0},
+	    {"POST", "/v1/batches?task=square", "{\"task\":\"square\",\"items\":[[1]]}", "task", 0},
+	    {"POST", "/v1/batches?task=square&retry=3", "[1]\n", "retry", 1},
+	    {"POST", "/v1/batches?task=square&wiat=5", "[1]\n", "wiat", 1},
+	    {"GET", "/v1/batches?limt=5", NULL, "limt", 0},
+	    {"GET", "/v1/batches/1?wiat=5", NULL, "wiat", 0},
+	    {"DELETE", "/v1/batches/1?purge=true&force=1", NULL, "force", 0},
+	    {"GET", "/v1/batches/1/results?ordr=completed", NULL, "ordr", 0},
+	    {"GET", "/v1/batches/1/futures/0?x", NULL, "x", 0},
+	    {"POST", "/v1/batches/1/futures/0/cancel?terminate=true", NULL, "terminate", 0},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct resp r = reqh(&s, cases[i].method, cases[i].path, cases[i].body,
+				     cases[i].ndjson ? nd : NULL);
+		if (r.status != 400 || !r.json)
+			FAILF("%s %s: status %ld: %.300s", cases[i].method, cases[i].path, (long)r.status, r.body);
+		CHECK_STR(jstr(jget(r.json, "error"), "code"), "invalid_request");
+		char want[64];
+		snprintf(want, sizeof want, "unknown query parameter \"%s\"", cases[i].param);
+		CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), want);
+		resp_free(&r);
+	}
+	/* Nothing was stored, cancelled or purged. */
+	CHECK_INT(batches_stored(&s), 1);
+	struct resp r = req(&s, "GET", "/v1/batches/1/results", NULL);
+	CHECK_INT(r.status, 200);
+	CHECK_CONTAINS(r.body, "\"result\":4");
+	resp_free(&r);
+	server_stop(&s);
+}
+
 TEST(hostile_bodies_over_max_body_are_413_announced_or_chunked)
 {
 	struct server s;
