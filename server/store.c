@@ -432,8 +432,16 @@ static int recover(struct store *s)
 	if (sqlite3_prepare_v2(s->db, "SELECT id FROM batches WHERE n_running > 0", -1, &ids, NULL) !=
 	    SQLITE_OK)
 		return db_fail(s, "recover");
-	if (sqlite3_prepare_v2(s->db, "UPDATE futures SET state = 0 WHERE batch_id = ?1 AND state = 1",
-			       -1, &upd, NULL) != SQLITE_OK) {
+	/* A claim counts an attempt for the whole chunk, but a worker runs its
+	 * chunk in index order: of a worker's running items only the first
+	 * had started (or had run, its result not yet committed). The others
+	 * give their attempt back, so attempts counts runs, not dispatches. */
+	static const char requeue[] =
+	    "WITH firsts AS (SELECT min(idx) AS idx FROM futures WHERE batch_id = ?1 AND state = 1"
+	    " GROUP BY worker)"
+	    " UPDATE futures SET state = 0, attempts = attempts - (idx NOT IN (SELECT idx FROM firsts))"
+	    " WHERE batch_id = ?1 AND state = 1";
+	if (sqlite3_prepare_v2(s->db, requeue, -1, &upd, NULL) != SQLITE_OK) {
 		sqlite3_finalize(ids);
 		return db_fail(s, "recover");
 	}
