@@ -29,18 +29,16 @@ static struct {
 static int token_ok(const char *t, size_t n, const char *from)
 {
 	if (n < TOKEN_MIN || n > TOKEN_MAX) {
-		fprintf(stderr,
-			"forkpoold: the token from %s is %zu characters; use %d to %d "
-			"(e.g. openssl rand -hex 32)\n",
-			from, n, TOKEN_MIN, TOKEN_MAX);
+		log_error("config", "msg=\"the token from %s is %zu characters; use %d to %d "
+				    "(e.g. openssl rand -hex 32)\"",
+			  from, n, TOKEN_MIN, TOKEN_MAX);
 		return 0;
 	}
 	for (size_t i = 0; i < n; i++)
 		if (t[i] < 0x21 || t[i] > 0x7e) {
-			fprintf(stderr,
-				"forkpoold: the token from %s holds a space, a control or a non-ASCII "
-				"character (at %zu); use visible ASCII only\n",
-				from, i);
+			log_error("config", "msg=\"the token from %s holds a space, a control or a "
+					    "non-ASCII character (at %zu); use visible ASCII only\"",
+				  from, i);
 			return 0;
 		}
 	return 1;
@@ -50,7 +48,7 @@ static char *read_token_file(const char *path, size_t *len)
 {
 	FILE *f = fopen(path, "r");
 	if (!f) {
-		fprintf(stderr, "forkpoold: --token-file %s: %s\n", path, strerror(errno));
+		log_error("config", "msg=\"--token-file %s: %s\"", path, strerror(errno));
 		return NULL;
 	}
 	char *buf = malloc(TOKEN_MAX + 2);
@@ -78,8 +76,8 @@ int auth_init(const char *token_file, int protect_metrics)
 	if (env && !*env)
 		env = NULL;
 	if (token_file && env) {
-		fprintf(stderr, "forkpoold: both --token-file (or FORKPOOL_TOKEN_FILE) and FORKPOOL_TOKEN "
-				"are set; give the token one way only\n");
+		log_error("config", "msg=\"both --token-file (or FORKPOOL_TOKEN_FILE) and "
+				    "FORKPOOL_TOKEN are set; give the token one way only\"");
 		return -1;
 	}
 	char from[512];
@@ -163,12 +161,12 @@ int auth_check_listen(const char *listen, int insecure)
 			 listen);
 		return 0;
 	}
-	fprintf(stderr,
-		"forkpoold: refusing to listen on %s without a token: it is not a loopback address, so\n"
-		"other machines could run tasks and read every result. Give a token with\n"
-		"--token-file PATH (or FORKPOOL_TOKEN), or pass --insecure-listen to serve without one\n"
-		"(for instance behind a proxy that authenticates).\n",
-		listen);
+	log_error("config",
+		  "addr=%s msg=\"refusing to listen on %s without a token: it is not a loopback address, so "
+		  "other machines could run tasks and read every result. Give a token with "
+		  "--token-file PATH (or FORKPOOL_TOKEN), or pass --insecure-listen to serve without "
+		  "one (for instance behind a proxy that authenticates)\"",
+		  listen, listen);
 	return -1;
 }
 

@@ -70,6 +70,8 @@ struct worker {
 	int cancelled; /* killed by pool_terminate_batch: its items become cancelled */
 	int64_t kill_pos; /* the item that overran */
 	char *fatal;      /* why it cannot serve (its F record), or NULL */
+	struct loop_watch errw; /* the read end of its stderr; fd -1 once closed */
+	struct buf errline;	/* a line of it not yet ended */
 	struct worker *next;
 };
 
@@ -286,6 +288,87 @@ static int fd_above(int fd, int min)
 	return nfd;
 }
 
+/* ---- what workers (and the programs and plugins they run) write to stderr ----
+ *
+ * Each worker's stderr is a pipe to the server, which logs it a line at a
+ * time as event=worker_stderr with the worker's pid, so the server's log stays
+ * one logfmt line per event whatever a task prints. */
+#define ERR_LINE_MAX 2000 /* a longer line is logged in pieces */
+
+static void log_err_line(const struct worker *w, const char *p, size_t n)
+{
+	char q[ERR_LINE_MAX * 2 + 1];
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)p[i];
+		if (c == '"' || c == '\\')
+			q[k++] = '\\';
+		q[k++] = c < 0x20 || c == 0x7f ? ' ' : (char)c;
+	}
+	q[k] = '\0';
+	log_warn("worker_stderr", "pid=%d line=\"%s\"", (int)w->pid, q);
+}
+
+/* Logs the complete lines of errline (and all of it when flush). */
+static void err_lines(struct worker *w, int flush)
+{
+	char *p = w->errline.data, *end = p + w->errline.len;
+	while (p < end) {
+		char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+		if (!nl && !flush && n < ERR_LINE_MAX)
+			break;
+		if (n > ERR_LINE_MAX)
+			n = ERR_LINE_MAX;
+		else if (n && p[n - 1] == '\r')
+			n--;
+		log_err_line(w, p, n);
+		p += n;
+		if (p < end && *p == '\r')
+			p++;
+		if (p < end && *p == '\n')
+			p++;
+	}
+	size_t left = (size_t)(end - p);
+	memmove(w->errline.data, p, left);
+	w->errline.len = left;
+}
+
+static void close_err(struct worker *w)
+{
+	if (w->errw.fd < 0)
+		return;
+	err_lines(w, 1);
+	loop_del(&w->errw);
+	close(w->errw.fd);
+	w->errw.fd = -1;
+}
+
+/* Reads what the pipe holds; closes it at EOF. */
+static void drain_err(struct worker *w)
+{
+	char tmp[4096];
+	for (;;) {
+		ssize_t n = read(w->errw.fd, tmp, sizeof tmp);
+		if (n > 0) {
+			buf_add(&w->errline, tmp, (size_t)n);
+			err_lines(w, 0);
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0 || errno != EAGAIN)
+			close_err(w);
+		return;
+	}
+}
+
+static void worker_err_io(struct loop_watch *lw, uint32_t events)
+{
+	(void)events;
+	drain_err(lw->arg);
+}
+
 static int spawn_worker(void)
 {
 	int sv[2];
@@ -297,13 +380,18 @@ static int spawn_worker(void)
 	struct progress *prog = MAP_FAILED;
 	if (mfd >= 0 && ftruncate(mfd, 4096) == 0)
 		prog = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	int ep[2] = {-1, -1};
+	if (pipe2(ep, O_CLOEXEC) == 0)
+		ep[1] = fd_above(ep[1], 5);
 	sv[1] = fd_above(sv[1], 5);
 	mfd = fd_above(mfd, 5);
-	if (prog == MAP_FAILED || sv[1] < 0 || mfd < 0) {
-		log_error("worker_spawn", "msg=\"progress page: %s\"", strerror(errno));
+	if (prog == MAP_FAILED || sv[1] < 0 || mfd < 0 || ep[1] < 0) {
+		log_error("worker_spawn", "msg=\"progress page or stderr pipe: %s\"", strerror(errno));
 		close(sv[0]);
 		close(sv[1]);
 		close(mfd);
+		close(ep[0]);
+		close(ep[1]);
 		if (prog != MAP_FAILED)
 			munmap(prog, 4096);
 		return -1;
@@ -312,6 +400,7 @@ static int spawn_worker(void)
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, sv[1], WORKER_SOCK_FD);
 	posix_spawn_file_actions_adddup2(&fa, mfd, WORKER_PROGRESS_FD);
+	posix_spawn_file_actions_adddup2(&fa, ep[1], STDERR_FILENO);
 	posix_spawnattr_t at;
 	posix_spawnattr_init(&at);
 	sigset_t none, all;
@@ -351,11 +440,13 @@ static int spawn_worker(void)
 	posix_spawnattr_destroy(&at);
 	close(sv[1]);
 	close(mfd);
+	close(ep[1]);
 	if (rc != 0) {
 		log_error("worker_spawn", "path=\"%s\" msg=\"%s\"", P.cfg.worker_path, strerror(rc));
 		snprintf(P.health, sizeof P.health, "cannot start the worker program %s: %s",
 			 P.cfg.worker_path, strerror(rc));
 		close(sv[0]);
+		close(ep[0]);
 		munmap(prog, 4096);
 		return -1;
 	}
@@ -373,6 +464,9 @@ static int spawn_worker(void)
 	P.workers = w;
 	P.nworkers++;
 	loop_add(&w->watch, EPOLLIN);
+	fcntl(ep[0], F_SETFL, fcntl(ep[0], F_GETFL) | O_NONBLOCK);
+	w->errw = (struct loop_watch){.fd = ep[0], .fn = worker_err_io, .arg = w};
+	loop_add(&w->errw, EPOLLIN);
 	log_info("worker_start", "pid=%d", (int)pid);
 	metrics_worker_start();
 	return 0;
@@ -761,6 +855,10 @@ static void settle_chunk(struct worker *w, int status)
 static void free_worker(struct worker *w)
 {
 	close_socket(w);
+	if (w->errw.fd >= 0)
+		drain_err(w); /* its last words, before the exit line's successor */
+	close_err(w);
+	buf_free(&w->errline);
 	frame_reader_free(&w->rd);
 	buf_free(&w->out);
 	munmap(w->prog, 4096);
@@ -788,6 +886,8 @@ static void reap(int block)
 		*pp = w->next;
 		if (w->watch.fd >= 0)
 			drain(w); /* results it sent before dying still count */
+		if (w->errw.fd >= 0)
+			drain_err(w); /* and what it said, before its exit line */
 		char how[96];
 		describe_status(status, how, sizeof how);
 		const char *reason = w->state == W_RETIRING ? w->retire

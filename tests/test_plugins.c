@@ -900,10 +900,16 @@ TEST(program_example_classify_is_a_persistent_python_model)
 	CHECK_STR(error_type(r, 2), "task_error");
 	CHECK_STR(error_msg(r, 2), "ValueError: none of the words of the text are known to the model");
 	json_decref(r);
-	char *log = read_file("server.log");
-	CHECK_CONTAINS(log, "classify.py: model ready");
-	free(log);
 	stop_server(&s);
+	/* What the program printed to stderr is in the server's log as events
+	 * of its worker, and the log stays one logfmt line per event. */
+	char *log = read_file("server.log");
+	CHECK_CONTAINS(log, "level=warn event=worker_stderr pid=");
+	CHECK_CONTAINS(log, " line=\"classify.py: model ready (");
+	for (char *l = log; *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : l + strlen(l))
+		if (strncmp(l, "ts=", 3))
+			FAILF("a log line that is not logfmt: %.200s", l);
+	free(log);
 }
 
 /* Whether convert is ImageMagick's (not a stand-in). */
