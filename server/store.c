@@ -136,8 +136,10 @@ struct store {
  * connection of its own. A passive checkpoint takes no lock a writer needs:
  * the loop keeps committing meanwhile, and the next commit after a complete
  * checkpoint starts the WAL over. The thread touches nothing of the store
- * but its own connection and the fields below. */
+ * but its own connection and the fields below. (See ckpt_hook for the one
+ * checkpoint the loop still makes.) */
 #define CKPT_PAGES 1000 /* SQLite's own default threshold */
+#define CKPT_LOOP_PAGES (4 * CKPT_PAGES) /* the WAL's size at which the loop finishes the job */
 
 struct checkpointer {
 	pthread_t thread;
@@ -177,8 +179,21 @@ static void *ckpt_main(void *arg)
 /* The loop connection's WAL hook, after each commit: pages is the WAL's size. */
 static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
-	(void)db, (void)name;
+	(void)name;
 	struct checkpointer *c = arg;
+	if (pages >= CKPT_LOOP_PAGES) {
+		/* Under a steady stream of commits the thread never quite
+		 * catches up: the WAL starts over only when a writer begins
+		 * with every frame copied, and the loop begins its next
+		 * transaction before the thread is done. So, rarely, the loop
+		 * copies what is left itself, here between its transactions:
+		 * the thread has copied and synced nearly everything, so this
+		 * costs far less than a whole checkpoint. BUSY (the thread is
+		 * at it) just means the next commit tries again. */
+		sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+		c->asked = 0;
+		return SQLITE_OK;
+	}
 	/* Once over the threshold, every commit would ask again while the
 	 * WAL waits to start over (a writer restarts it only after a complete
 	 * checkpoint): ask again when a quarter of the threshold is new. */
