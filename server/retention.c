@@ -10,10 +10,10 @@
  *     stops at the first batch submitted after the cutoff: a pass costs the
  *     old batches still kept (running ones, or done recently), not the table.
  *
- * WAL: SQLite checkpoints by itself after a commit once the log passes 1000
- * pages; with one connection nothing holds a checkpoint back but an outside
- * reader (a backup). journal_size_limit then cuts the file back to 64 MiB, so
- * a burst of deletions does not leave a large log behind. */
+ * WAL: the store checkpoints it (store.c, "the checkpointer"); nothing holds a
+ * checkpoint back but an outside reader (a backup). journal_size_limit cuts
+ * the file back to 64 MiB when it starts over, so a burst of deletions does
+ * not leave a large log behind. */
 #include "retention.h"
 
 #include <sqlite3.h>
