@@ -160,6 +160,23 @@ class Client(unittest.TestCase):
             with self.assertRaises(APIError):
                 ex.map("square", [1])
 
+    def test_a_refused_results_stream_fails_the_futures_instead_of_retrying(self):
+        # The token stops working after the submission (rotated, say): the
+        # futures fail with the 401, and shutdown does not wait for ever.
+        ex = ForkpoolExecutor(URL, token=TOKEN)
+        real_open = ex._client.open
+
+        def open_with_a_stale_token(method, path, body=None, headers=None, timeout=None):
+            if "/results" in path:
+                headers = dict(headers or {}, Authorization="Bearer " + "x" * 32)
+            return real_open(method, path, body, headers, timeout)
+
+        ex._client.open = open_with_a_stale_token
+        f = ex.submit("square", 3)
+        e = f.exception(timeout=10)
+        self.assertEqual((e.status, e.code), (401, "unauthorized"))
+        ex.shutdown(wait=True)
+
     def test_with_block_waits_for_every_future(self):
         with ForkpoolExecutor(URL, token=TOKEN) as ex:
             fs = [ex.submit("sleep", 0.05) for _ in range(4)]

@@ -293,8 +293,10 @@ class ForkpoolExecutor(concurrent.futures.Executor):
                     if not left:
                         break
             except (ForkpoolError, OSError, ValueError) as e:
-                if isinstance(e, APIError) and e.status == 404:
-                    for f in left.values():  # the batch was purged
+                if isinstance(e, APIError) and 400 <= e.status < 500 and e.status not in (408, 429):
+                    # Asking again cannot help: the batch was purged (404),
+                    # or the token is wrong (401). The futures say why.
+                    for f in left.values():
                         if f.set_running_or_notify_cancel():
                             f.set_exception(e)
                     left.clear()
