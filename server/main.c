@@ -222,7 +222,18 @@ static int parse_flag(const char *name, const char *v, int *out)
 static int apply(struct config *c, int opt, const char *name, const char *v)
 {
 	switch (opt) {
-	case 'l': c->listen = v; return 0;
+	case 'l': {
+		/* HOST:PORT, [V6]:PORT; the port a number from 0 (any free one)
+		 * to 65535, checked here rather than wrapped by getaddrinfo. */
+		const char *colon = strrchr(v, ':');
+		char *end;
+		errno = 0;
+		long port = colon ? strtol(colon + 1, &end, 10) : -1;
+		if (!colon || colon == v || !colon[1] || *end || errno || port < 0 || port > 65535)
+			return bad_value(name, v, "expected HOST:PORT with a port from 0 to 65535");
+		c->listen = v;
+		return 0;
+	}
 	case 'd': c->db = v; return 0;
 	case 'w': return parse_long(name, v, 1, 1024, &c->workers);
 	case 'm': return parse_long(name, v, 0, LONG_MAX, &c->max_tasks);
@@ -283,9 +294,35 @@ static int configure(struct config *c, int argc, char **argv)
 			     .grace = 10, .start_timeout = 60};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	c->workers = ncpu > 0 ? ncpu : 1;
-	/* The environment first, so that flags override it. */
+	/* The flags are read first but applied last, so that they win; an
+	 * option given as a flag ignores its environment variable (even an
+	 * invalid one), and --help needs neither to be valid. */
+	struct given {
+		int opt, idx;
+		const char *arg;
+	} *given = calloc((size_t)argc + 1, sizeof *given);
+	if (!given)
+		abort();
+	int ngiven = 0, opt, idx;
+	while ((opt = getopt_long(argc, argv, "", longopts, &idx)) != -1) {
+		if (opt == 'h') {
+			fputs(usage, stdout);
+			exit(0);
+		}
+		if (opt == '?') {
+			fprintf(stderr, "Try 'forkpoold --help'.\n");
+			free(given);
+			return -1;
+		}
+		given[ngiven++] = (struct given){opt, idx, optarg};
+	}
 	for (const struct option *o = longopts; o->name; o++) {
 		if (o->val == 'h')
+			continue;
+		int flagged = 0;
+		for (int i = 0; i < ngiven; i++)
+			flagged |= given[i].opt == o->val;
+		if (flagged)
 			continue;
 		char env[64] = "FORKPOOL_";
 		for (const char *p = o->name; *p && strlen(env) < sizeof env - 1; p++) {
@@ -298,20 +335,17 @@ static int configure(struct config *c, int argc, char **argv)
 		from_env = 0;
 		if (bad) {
 			fprintf(stderr, "forkpoold: (from %s)\n", env);
+			free(given);
 			return -1;
 		}
 	}
-	int opt, idx;
-	while ((opt = getopt_long(argc, argv, "", longopts, &idx)) != -1) {
-		if (opt == 'h') {
-			fputs(usage, stdout);
-			exit(0);
-		}
-		if (opt == '?' || apply(c, opt, longopts[idx].name, optarg) < 0) {
+	for (int i = 0; i < ngiven; i++)
+		if (apply(c, given[i].opt, longopts[given[i].idx].name, given[i].arg) < 0) {
 			fprintf(stderr, "Try 'forkpoold --help'.\n");
+			free(given);
 			return -1;
 		}
-	}
+	free(given);
 	if (optind < argc) {
 		fprintf(stderr, "forkpoold: unexpected argument '%s'\nTry 'forkpoold --help'.\n", argv[optind]);
 		return -1;

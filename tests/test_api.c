@@ -844,6 +844,23 @@ TEST(api_environment_sets_flags_and_flags_win)
 	r = req(&s, "POST", "/v1/batches", body);
 	CHECK_INT(jint(r.json, "chunksize"), 4);
 	resp_free(&r);
+	server_stop(&s);
+	/* A flag wins even over an environment value that is not valid, and
+	 * for every kind of option: the address, the database, sync, the
+	 * task limit. */
+	setenv("FORKPOOL_CHUNKSIZE", "many", 1);
+	setenv("FORKPOOL_LISTEN", "192.0.2.1:1", 1);
+	setenv("FORKPOOL_DB", "/nonexistent/dir/x.db", 1);
+	setenv("FORKPOOL_SYNC", "full", 1);
+	setenv("FORKPOOL_MAX_TASKS_PER_CHILD", "1", 1);
+	server_start(&s, "--chunksize", "5", "--db", "flag.db", "--sync", "normal",
+		     "--max-tasks-per-child", "0", NULL);
+	r = req(&s, "POST", "/v1/batches", body);
+	CHECK_INT(jint(r.json, "chunksize"), 5);
+	resp_free(&r);
+	CHECK_INT(server_log_count(&s, "event=start", "db=\"flag.db\"", "sync=normal",
+				   "max_tasks_per_child=0", NULL), 1);
+	CHECK_INT(server_log_count(&s, "event=listen", "addr=127.0.0.1:", NULL), 1);
 	free(body);
 	server_stop(&s);
 }
@@ -875,4 +892,21 @@ TEST(api_help_and_bad_flags)
 	st = run_server_cmd("--listen 127.0.0.1:0 --db ./x.db --sync sometimes", out, sizeof out);
 	CHECK(WEXITSTATUS(st) != 0);
 	CHECK_CONTAINS(out, "sync");
+	/* A port past 16 bits is refused, not wrapped round to another one. */
+	static const char *const listens[] = {"127.0.0.1:99999", "127.0.0.1:-1", "nope", ":80",
+					      "127.0.0.1:"};
+	for (size_t i = 0; i < sizeof listens / sizeof *listens; i++) {
+		char a[128];
+		snprintf(a, sizeof a, "--listen '%s' --db ./x.db", listens[i]);
+		st = run_server_cmd(a, out, sizeof out);
+		CHECK_INT(WEXITSTATUS(st), 2);
+		CHECK_CONTAINS(out, "expected HOST:PORT with a port from 0 to 65535");
+	}
+	/* --help needs no valid environment. */
+	setenv("FORKPOOL_WORKERS", "abc", 1);
+	st = run_server_cmd("--help", out, sizeof out);
+	CHECK_INT(WEXITSTATUS(st), 0);
+	st = run_server_cmd("--listen 127.0.0.1:0 --db ./x.db", out, sizeof out);
+	CHECK_INT(WEXITSTATUS(st), 2);
+	CHECK_CONTAINS(out, "(from FORKPOOL_WORKERS)");
 }
