@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -382,31 +383,60 @@ TEST(wait_post_with_wait_answers_with_the_results)
 	server_stop(&s);
 }
 
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Unix ms of an RFC 3339 UTC time as the server writes them. */
+static int64_t parse_time_ms(const char *t)
+{
+	struct tm tm = {0};
+	int ms = 0;
+	if (!t || sscanf(t, "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+			 &tm.tm_min, &tm.tm_sec, &ms) != 7)
+		FAILF("not a time: %s", t ? t : "(null)");
+	tm.tm_year -= 1900;
+	tm.tm_mon -= 1;
+	return (int64_t)timegm(&tm) * 1000 + ms;
+}
+
 /* 2,000 long-polls on one batch, on raw sockets: all answered together when
- * it completes, with little memory per waiting client. */
-TEST_T(wait_2000_long_polls_are_answered_together, 120)
+ * its item finishes (on its own, not cancelled), with little memory per
+ * waiting client. The lag is measured from the item's finished_at to the
+ * last answer read. The issue's figure (100 ms) is a benchmark's to judge on
+ * a quiet machine (make bench, W7); this test bounds it loosely, so that
+ * waking them one by one, or a turn's delay, fails it. */
+TEST_T(wait_2000_long_polls_are_answered_together_when_the_batch_completes, 120)
 {
 	enum { N = 2000 };
+	/* 2,000 sockets here and 2,000 in the server: past a 1024 soft limit. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
 	struct server s;
 	server_start(&s, "--workers", "1", "--log-level", "debug", NULL);
-	int64_t id = submit(&s, "{\"task\":\"sleep\",\"items\":[[30]]}");
+	int64_t id = submit(&s, "{\"task\":\"sleep\",\"items\":[[4]]}");
 	long rss0 = server_rss_kib(&s);
+	CHECK(rss0 > 0);
 	static struct rawconn *c[N];
 	for (int i = 0; i < N; i++)
 		c[i] = raw_get(&s, path_of("/v1/batches/%lld?wait=60", id), NULL);
 	wait_parked(&s, N);
 	long rss_parked = server_rss_kib(&s);
-	/* Finish the batch now: cancelling its running item is a completion. */
-	int64_t t0 = harness_now_ms();
-	struct resp r = req(&s, "DELETE", path_of("/v1/batches/%lld?terminate=true", id), NULL);
-	CHECK_INT(r.status, 200);
-	resp_free(&r);
-	int64_t t_del = harness_now_ms() - t0;
+	struct resp now = req(&s, "GET", path_of("/v1/batches/%lld", id), NULL);
+	if (!strcmp(jstr(now.json, "state"), "done"))
+		FAILF("parking %d long-polls took longer than the item's 4 s", N);
+	resp_free(&now);
 	struct pollfd *p = calloc(N, sizeof *p);
 	for (int i = 0; i < N; i++)
 		p[i] = (struct pollfd){.fd = c[i]->fd, .events = POLLIN};
 	int answered = 0;
-	int64_t last = 0, first = 0, deadline = in_ms(60000);
+	int64_t first = 0, last = 0, deadline = in_ms(60000);
 	while (answered < N) {
 		CHECK(harness_now_ms() < deadline);
 		if (poll(p, N, 100) <= 0)
@@ -426,17 +456,24 @@ TEST_T(wait_2000_long_polls_are_answered_together, 120)
 			p[i].fd = -1;
 			raw_close(c[i]);
 			if (!answered++)
-				first = harness_now_ms();
+				first = wall_ms();
 		}
-		last = harness_now_ms();
+		last = wall_ms();
 	}
 	free(p);
-	printf("    2000 long-polls: the first answered %lld ms and all within %lld ms of the cancel that "
-	       "completed the batch (which was answered in %lld ms); server RSS %ld KiB idle, %ld KiB with them parked\n",
-	       (long long)(first - t0), (long long)(last - t0), (long long)t_del, rss0, rss_parked);
+	struct resp r = req(&s, "GET", path_of("/v1/batches/%lld/futures/0", id), NULL);
+	CHECK_STR(jstr(r.json, "state"), "finished");
+	int64_t done_at = parse_time_ms(jstr(r.json, "finished_at"));
+	resp_free(&r);
+	printf("    %d long-polls: the first answered %lld ms and the last %lld ms after the item "
+	       "finished; server RSS %ld KiB idle, %ld KiB with them parked\n",
+	       N, (long long)(first - done_at), (long long)(last - done_at), rss0, rss_parked);
 	CHECK(rss_parked - rss0 < 64 * 1024);
-	/* Timing is judged by the benchmark; this only catches waking them one by one. */
-	CHECK(last - t0 < 2000);
+#if defined(__SANITIZE_ADDRESS__)
+	CHECK(last - done_at < 5000);
+#else
+	CHECK(last - done_at < 1000);
+#endif
 	server_stop(&s);
 }
 
