@@ -78,15 +78,38 @@ static int check_options(json_t *root, const struct request_limits *lim, struct 
 	return 0;
 }
 
+void request_json_refusal(const json_error_t *jerr, const char *where, char *code, char *msg,
+			  size_t msglen)
+{
+	char pos[48];
+	if (where)
+		snprintf(pos, sizeof pos, "line %d, column %d", jerr->line, jerr->column);
+	else
+		snprintf(pos, sizeof pos, "column %d", jerr->column);
+	if (json_error_code(jerr) == json_error_numeric_overflow) {
+		snprintf(code, 32, "invalid_request");
+		snprintf(msg, msglen,
+			 "%s%sa number out of range (%s, %s): integer arguments must fit in 64 bits "
+			 "(-9223372036854775808 to 9223372036854775807) and reals in a double",
+			 where ? where : "", where ? " holds " : "", jerr->text, pos);
+		return;
+	}
+	snprintf(code, 32, "invalid_json");
+	snprintf(msg, msglen, "%s%snot valid JSON: %s (%s)", where ? where : "", where ? " is " : "",
+		 jerr->text, pos);
+}
+
 int request_parse_batch(const char *body, size_t len, const struct request_limits *lim,
 			struct batch_request *out, struct request_error *e)
 {
 	memset(out, 0, sizeof *out);
 	json_error_t jerr;
 	json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-	if (!root)
-		return refuse(e, 400, "invalid_json", "the body is not valid JSON: %s (line %d, column %d)",
-			      jerr.text, jerr.line, jerr.column);
+	if (!root) {
+		e->status = 400;
+		request_json_refusal(&jerr, "the body", e->code, e->message, sizeof e->message);
+		return -1;
+	}
 	if (!json_is_object(root)) {
 		json_decref(root);
 		return refuse(e, 400, "invalid_request",

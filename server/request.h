@@ -39,6 +39,15 @@ struct batch_request {
 	json_t *items;	 /* in root */
 };
 
+/* How a JSON text that jansson would not parse is refused: a number past
+ * what it holds (an integer past 64 bits, 1e999) is valid JSON, so it is
+ * "invalid_request" with a message that says so; anything else
+ * "invalid_json" with the parser's message. Writes the code (32 bytes) and
+ * message; where names the text ("the body"), or is NULL for one NDJSON line
+ * (the caller names the line; the position is then only a column). */
+void request_json_refusal(const json_error_t *jerr, const char *where, char *code, char *msg,
+			  size_t msglen);
+
 /* Parses and checks body[0..len). 0 with *out filled (free it with
  * request_free), or -1 with *err filled and nothing to free. */
 int request_parse_batch(const char *body, size_t len, const struct request_limits *lim,

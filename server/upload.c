@@ -7,6 +7,7 @@
 
 #include "jsonw.h"
 #include "log.h"
+#include "request.h"
 
 #define MAX_LINE (1 << 20) /* one item's arguments */
 
@@ -64,9 +65,9 @@ static void take_line(struct http_req *r, struct upload *u, const char *p, size_
 	json_error_t jerr;
 	json_t *args = json_loadb(p, n, JSON_REJECT_DUPLICATES, &jerr);
 	if (!args) {
-		char msg[256];
-		snprintf(msg, sizeof msg, "not valid JSON: %s (column %d)", jerr.text, jerr.column);
-		return fail(r, u, 400, "invalid_json", msg);
+		char code[32], msg[400];
+		request_json_refusal(&jerr, NULL, code, msg, sizeof msg);
+		return fail(r, u, 400, code, msg);
 	}
 	char err[512];
 	if (!json_is_array(args)) {

@@ -112,6 +112,8 @@ TEST(ndjson_errors_name_the_line_and_store_nothing)
 	    {"?task=square", "[1]\n[2,3]\n[3]\n", "invalid_request", "line 2: square takes 1 argument, got 2", 400},
 	    {"?task=square", "[1]\n[2]\n{\"x\":1}\n", "invalid_request", "line 3: each line must be a JSON array", 400},
 	    {"?task=square", "[1]\nnope\n", "invalid_json", "line 2: not valid JSON", 400},
+	    {"?task=square", "[1]\n[18446744073709551615]\n", "invalid_request",
+	     "line 2: a number out of range", 400},
 	    {"?task=square", "[1]\n[\"a\"]", "invalid_request", "line 2:", 400},
 	    {"?task=square", "", "invalid_request", "no lines", 400},
 	    {"?task=square", "\n\n", "invalid_request", "no lines", 400},
