@@ -395,6 +395,7 @@ static void commit(struct store *s)
 	int ok = 1;
 	if (store_dirty(s)) {
 		ok = store_commit(s) == 0;
+		metrics_commit(ok);
 		http_commit_done(ok);
 	}
 	pool_after_commit(ok);

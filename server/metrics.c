@@ -60,6 +60,7 @@ static struct {
 	} exits[MAX_REASONS];
 	uint64_t http[600];
 	uint64_t ret_batches, ret_items;
+	uint64_t commits, commits_failed;
 } M;
 
 void metrics_init(struct store *s, const char *db_path)
@@ -155,6 +156,14 @@ void metrics_http(unsigned status)
 {
 	if (status < 600)
 		M.http[status]++;
+}
+
+void metrics_commit(int ok)
+{
+	if (ok)
+		M.commits++;
+	else
+		M.commits_failed++;
 }
 
 void metrics_retention(int64_t batches, int64_t items)
@@ -364,6 +373,12 @@ void metrics_handle(struct http_req *r)
 		if (M.http[c])
 			buf_printf(&o, "forkpool_http_requests_total{code=\"%u\"} %llu\n", c,
 				   (unsigned long long)M.http[c]);
+
+	family(&o, "forkpool_db_commits_total", "counter",
+	       "Transactions the event loop committed (one a turn, for all the turn's writes), by result.");
+	buf_printf(&o, "forkpool_db_commits_total{result=\"ok\"} %llu\n", (unsigned long long)M.commits);
+	buf_printf(&o, "forkpool_db_commits_total{result=\"failed\"} %llu\n",
+		   (unsigned long long)M.commits_failed);
 
 	int64_t pages = pragma_int("PRAGMA page_count"), psize = pragma_int("PRAGMA page_size"),
 		freep = pragma_int("PRAGMA freelist_count");

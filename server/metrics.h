@@ -36,6 +36,8 @@ void metrics_worker_start(void);
 void metrics_worker_exit(const char *reason);
 /* An HTTP answer went out with this status. */
 void metrics_http(unsigned status);
+/* The loop committed a turn's transaction (ok) or the commit failed. */
+void metrics_commit(int ok);
 /* The retention sweeper deleted batches / futures. */
 void metrics_retention(int64_t batches, int64_t items);
 

@@ -505,3 +505,17 @@ long server_rss_kib(const struct server *s)
 		fclose(f);
 	return kib;
 }
+
+double server_metric(const struct server *s, const char *key)
+{
+	struct resp r = req(s, "GET", "/metrics", NULL);
+	CHECK_INT(r.status, 200);
+	size_t n = strlen(key);
+	for (const char *l = r.body; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+		if (!strncmp(l, key, n) && l[n] == ' ') {
+			double v = strtod(l + n + 1, NULL);
+			resp_free(&r);
+			return v;
+		}
+	FAILF("no %s in /metrics: %.3000s", key, r.body);
+}

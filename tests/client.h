@@ -67,6 +67,10 @@ json_t *results(const struct server *s, int64_t id);
 /* The raw text of the results of a done batch, e.g. for exact big integers. */
 struct resp results_raw(const struct server *s, int64_t id, const char *query);
 
+/* One number from GET /metrics: the value of the line "key value" (key with
+ * its labels, e.g. forkpool_items{state="finished"}); FAILF if absent. */
+double server_metric(const struct server *s, const char *key);
+
 /* Small JSON getters that FAILF when the path is absent. */
 json_int_t jint(const json_t *o, const char *key);
 const char *jstr(const json_t *o, const char *key);

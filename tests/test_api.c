@@ -478,6 +478,50 @@ TEST(api_max_tasks_per_child_2_gives_six_items_three_workers)
 	server_stop(&s);
 }
 
+/* A chunk is cut at the worker's remaining task limit: with chunksize 6 and
+ * a limit of 2 the six items still go to three workers, two each (the
+ * automatic chunk size, 2 here, would not show it). */
+TEST(api_chunks_are_cut_to_the_max_tasks_per_child_limit)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", "--max-tasks-per-child", "2", NULL);
+	json_t *b = NULL;
+	json_t *res = run_batch(&s, "{\"task\":\"getpid\",\"chunksize\":6,\"items\":[[],[],[],[],[],[]]}", &b);
+	CHECK_INT(jint(b, "chunksize"), 6);
+	json_decref(b);
+	for (size_t i = 0; i < 6; i += 2) {
+		CHECK_INT(jint(item(res, i), "result"), jint(item(res, i + 1), "result"));
+		if (i)
+			CHECK(jint(item(res, i), "result") != jint(item(res, i - 1), "result"));
+	}
+	json_decref(res);
+	server_stop(&s);
+}
+
+/* Results are written in group commits, one transaction a loop turn: a
+ * batch of 20,000 items takes a few dozen, not one per item. */
+TEST(api_results_are_stored_in_group_commits_not_one_per_item)
+{
+	struct server s;
+	server_start(&s, "--workers", "2", NULL);
+	double before = server_metric(&s, "forkpool_db_commits_total{result=\"ok\"}");
+	struct buf body = {0};
+	buf_adds(&body, "{\"task\":\"square\",\"chunksize\":1000,\"items\":[");
+	for (int i = 0; i < 20000; i++)
+		buf_printf(&body, "%s[%d]", i ? "," : "", i);
+	buf_adds(&body, "]}");
+	json_t *res = run_batch(&s, body.data, NULL);
+	buf_free(&body);
+	CHECK_INT(json_array_size(res), 20000);
+	CHECK_INT(jint(item(res, 19999), "result"), 19999LL * 19999);
+	json_decref(res);
+	double commits = server_metric(&s, "forkpool_db_commits_total{result=\"ok\"}") - before;
+	printf("    20,000 items in 20 chunks: %.0f commits\n", commits);
+	CHECK(commits >= 1);
+	CHECK(commits < 1000);
+	server_stop(&s);
+}
+
 TEST(api_chunks_go_whole_to_one_worker)
 {
 	struct server s;

@@ -14,21 +14,6 @@
 #include "harness.h"
 #include "retention.h"
 
-/* One number from GET /metrics: the value of the line "key value". */
-static double metric(const struct server *s, const char *key)
-{
-	struct resp r = req(s, "GET", "/metrics", NULL);
-	CHECK_INT(r.status, 200);
-	size_t n = strlen(key);
-	for (const char *l = r.body; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
-		if (!strncmp(l, key, n) && l[n] == ' ') {
-			double v = strtod(l + n + 1, NULL);
-			resp_free(&r);
-			return v;
-		}
-	FAILF("no %s in /metrics: %.3000s", key, r.body);
-}
-
 /* A count read straight from the database file, beside the running server
  * (WAL lets a reader in). */
 static long long db_count(const struct server *s, const char *sql)
@@ -134,9 +119,9 @@ TEST(retention_deletes_batches_done_longer_than_the_ttl_and_keeps_running_ones)
 	/* The running batch is older than the ttl, and stays. */
 	CHECK_INT(status_of(&s, "GET", "/v1/batches/1"), 200);
 	CHECK_INT(db_count(&s, "SELECT count(*) FROM futures WHERE batch_id = 1"), 1);
-	CHECK_INT(metric(&s, "forkpool_retention_deleted_batches_total"), 1);
-	CHECK_INT(metric(&s, "forkpool_retention_deleted_items_total"), 3);
-	CHECK_INT(metric(&s, "forkpool_items{state=\"finished\"}"), 0);
+	CHECK_INT(server_metric(&s, "forkpool_retention_deleted_batches_total"), 1);
+	CHECK_INT(server_metric(&s, "forkpool_retention_deleted_items_total"), 3);
+	CHECK_INT(server_metric(&s, "forkpool_items{state=\"finished\"}"), 0);
 	(void)running;
 	server_kill9(&s); /* no need to wait for the sleep */
 }
@@ -210,7 +195,7 @@ TEST_T(retention_purge_of_a_large_batch_goes_in_steps_and_its_pages_are_reused, 
 	CHECK_INT(status_of(&s, "DELETE", "/v1/batches/1?purge=true"), 200);
 	/* The loop keeps answering while the futures go. */
 	int64_t worst = 0;
-	while (metric(&s, "forkpool_retention_deleted_items_total") < 50000) {
+	while (server_metric(&s, "forkpool_retention_deleted_items_total") < 50000) {
 		int64_t t = harness_now_ms();
 		CHECK_INT(status_of(&s, "GET", "/healthz"), 200);
 		if (harness_now_ms() - t > worst)
@@ -218,11 +203,11 @@ TEST_T(retention_purge_of_a_large_batch_goes_in_steps_and_its_pages_are_reused, 
 	}
 	CHECK(worst < 500);
 	CHECK_INT(db_count(&s, "SELECT count(*) FROM futures"), 0);
-	double freed = metric(&s, "forkpool_db_free_bytes");
+	double freed = server_metric(&s, "forkpool_db_free_bytes");
 	CHECK(freed > 1e6);
 	/* The same work again goes into the freed pages. */
 	json_decref(wait_batch(&s, submit(&s, body), 60));
-	CHECK(metric(&s, "forkpool_db_free_bytes") < freed / 4);
+	CHECK(server_metric(&s, "forkpool_db_free_bytes") < freed / 4);
 	server_stop(&s);
 	free(body);
 }
