@@ -783,10 +783,11 @@ static void healthz(struct http_req *r)
 	struct buf o = {0};
 	int ready = pool_ready();
 	const char *why = shutting_down ? NULL : pool_health_reason();
-	buf_printf(&o, "{\"status\":\"%s\",\"workers\":%d", shutting_down ? "shutting_down"
-							     : why	   ? "workers_failing"
-									   : "ok",
-		   ready);
+	const char *status = shutting_down ? "shutting_down"
+			     : !why	  ? "ok"
+			     : !strncmp(why, "the database", 12) ? "database_failing"
+							       : "workers_failing";
+	buf_printf(&o, "{\"status\":\"%s\",\"workers\":%d", status, ready);
 	if (why) {
 		/* Workers cannot start (a plugin's initializer fails): work waits. */
 		buf_adds(&o, ",\"reason\":");

@@ -248,8 +248,14 @@ static void db_replay(void)
 
 void pool_after_commit(int ok)
 {
-	if (!ok && !P.op_failed && !P.db_down && P.nops == 0)
-		return; /* none of the pool's writes were in it */
+	if (!ok && !P.op_failed && !P.db_down && P.nops == 0) {
+		/* None of the pool's writes were in it (a submission's were):
+		 * nothing to replay, but /healthz says so until a commit takes. */
+		if (!P.health[0])
+			snprintf(P.health, sizeof P.health, "the database cannot be written (%s)",
+				 store_error(P.store));
+		return;
+	}
 	if (ok && !P.op_failed) {
 		if (P.db_down)
 			return; /* that commit held none of the pool's writes */

@@ -637,6 +637,38 @@ static void wait_idle(const struct server *s, int64_t ms)
 	}
 }
 
+/* A failed commit that held only a submission (no item was running): the
+ * client gets 503, and /healthz says the database is failing until a commit
+ * takes again, rather than 200 while the disk is full. */
+TEST_T(failures_a_submission_on_a_full_disk_makes_healthz_503_until_a_commit_takes, 60)
+{
+	struct disk d;
+	disk_mount(&d, "disk", "12m");
+	struct server s;
+	server_start(&s, "--workers", "1", "--db", "disk/forkpool.db", NULL);
+	wait_workers(&s, 1, 10000);
+	json_decref(wait_batch(&s, submit(&s, "{\"task\":\"square\",\"items\":[[2]]}"), 30));
+	disk_fill(&d, &s);
+	char *big = big_echo(20, 20);
+	struct resp r = req(&s, "POST", "/v1/batches", big);
+	CHECK_INT(r.status, 503);
+	resp_free(&r);
+	r = req(&s, "GET", "/healthz", NULL);
+	CHECK_INT(r.status, 503);
+	CHECK_STR(jstr(r.json, "status"), "database_failing");
+	CHECK_CONTAINS(jstr(r.json, "reason"), "the database cannot be written");
+	resp_free(&r);
+	disk_free(&d);
+	int64_t id = submit(&s, big);
+	json_decref(wait_batch(&s, id, 60));
+	r = req(&s, "GET", "/healthz", NULL);
+	CHECK_INT(r.status, 200);
+	CHECK_STR(jstr(r.json, "status"), "ok");
+	resp_free(&r);
+	free(big);
+	server_stop(&s);
+}
+
 TEST_T(failures_a_full_disk_is_503_loses_no_result_and_recovers_when_space_returns, 90)
 {
 	struct disk d;
