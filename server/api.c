@@ -466,7 +466,7 @@ static void ndjson_headers(struct http_req *r)
 	int64_t chunksize = 0, retries = 0;
 	double timeout = C.default_timeout, wait = 0;
 	if (query_int(r, "chunksize", 1, 1000000000, &chunksize) < 0 ||
-	    query_num(r, "timeout", 1e-3, 1e7, &timeout) < 0 ||
+	    query_num(r, "timeout", REQUEST_MIN_TIMEOUT_S, REQUEST_MAX_TIMEOUT_S, &timeout) < 0 ||
 	    query_int(r, "retries", 0, REQUEST_MAX_RETRIES, &retries) < 0 ||
 	    query_num(r, "wait", 0, MAX_WAIT_S, &wait) < 0)
 		return;

@@ -6,7 +6,6 @@
 #include <string.h>
 
 #define MAX_CHUNKSIZE 1000000000LL
-#define MAX_TIMEOUT_S 1e7
 
 __attribute__((format(printf, 4, 5))) static int refuse(struct request_error *e, unsigned status,
 							 const char *code, const char *fmt, ...)
@@ -59,10 +58,11 @@ static int check_options(json_t *root, const struct request_limits *lim, struct 
 	}
 	v = json_object_get(root, "timeout");
 	if (v && !json_is_null(v)) {
-		if (!json_is_number(v) || !(json_number_value(v) > 0) || json_number_value(v) > MAX_TIMEOUT_S)
+		if (!json_is_number(v) || !(json_number_value(v) >= REQUEST_MIN_TIMEOUT_S) ||
+		    json_number_value(v) > REQUEST_MAX_TIMEOUT_S)
 			return refuse(e, 400, "invalid_request",
-				      "timeout: must be a number of seconds above 0 (at most %g)",
-				      MAX_TIMEOUT_S);
+				      "timeout: must be a number of seconds from %g to %g",
+				      REQUEST_MIN_TIMEOUT_S, REQUEST_MAX_TIMEOUT_S);
 		b->timeout = json_number_value(v);
 	} else {
 		b->timeout = lim->default_timeout;

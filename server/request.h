@@ -16,6 +16,10 @@
 #include "store.h"
 
 #define REQUEST_MAX_RETRIES 100
+/* A batch's timeout, seconds per item: a millisecond (the pool's clock) up
+ * to about four months. The same for JSON fields and NDJSON queries. */
+#define REQUEST_MIN_TIMEOUT_S 1e-3
+#define REQUEST_MAX_TIMEOUT_S 1e7
 
 struct request_limits {
 	int workers;		/* for the automatic chunk size */

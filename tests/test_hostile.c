@@ -210,6 +210,7 @@ TEST(hostile_bad_bodies_get_a_4xx_json_error_naming_the_problem_and_store_nothin
 	    {"{\"task\":\"square\",\"items\":[[1]],\"chunksize\":1e10}", 0, "invalid_request", "chunksize"},
 	    {"{\"task\":\"square\",\"items\":[[1]],\"timeout\":0}", 0, "invalid_request", "timeout"},
 	    {"{\"task\":\"square\",\"items\":[[1]],\"timeout\":-1}", 0, "invalid_request", "timeout"},
+	    {"{\"task\":\"square\",\"items\":[[1]],\"timeout\":1e-9}", 0, "invalid_request", "timeout: must be a number of seconds from 0.001"},
 	    {"{\"task\":\"square\",\"items\":[[1]],\"timeout\":\"1\"}", 0, "invalid_request", "timeout"},
 	    {"{\"task\":\"square\",\"items\":[[1]],\"timeout\":false}", 0, "invalid_request", "timeout"},
 	    {"{\"task\":\"square\",\"items\":[[1]],\"timeout\":1e300}", 0, "invalid_request", "timeout"},
