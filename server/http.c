@@ -280,12 +280,28 @@ static unsigned open_connections(void)
 	return i ? i->num_connections : 0;
 }
 
+void http_counts(struct http_counts *c)
+{
+	c->connections = H.d ? open_connections() : 0;
+	c->parked = H.nparked;
+	c->streams = H.nstreams;
+}
+
+/* Set when libmicrohttpd ends a request during a run. It closes the socket
+ * of a connection it ended only in a later run's clean-up, and nothing may
+ * announce that run: with streams and long-polls whose clients had left,
+ * their sockets stayed open until some other request came. */
+static int ended_in_run;
+
 void http_run(void)
 {
 	H.ready = 0;
 	if (!H.d)
 		return;
+	ended_in_run = 0;
 	MHD_run(H.d);
+	if (ended_in_run)
+		H.ready = 1; /* once more, to close what it ended */
 	unsigned n = open_connections();
 	if (at_limit && n < conn_limit_)
 		H.ready = 1; /* run once more: it listens again */
@@ -485,6 +501,7 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	(void)cls;
 	(void)con;
 	struct http_req *r = *con_cls;
+	ended_in_run = 1;
 	if (r && r->fill)
 		log_debug("stream_end", "url=\"%s\" complete=%s", r->url,
 			  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "true" : "false");

@@ -38,6 +38,13 @@ void http_run(void);
 int64_t http_tick(void);
 /* Whether libmicrohttpd has work (its fd was ready or requests were woken). */
 int http_pending(void);
+/* Open connections (as libmicrohttpd counts them), and of those the requests
+ * parked (long-polls, idle streams) and the streamed answers not yet ended. */
+struct http_counts {
+	unsigned connections;
+	int parked, streams;
+};
+void http_counts(struct http_counts *c);
 /* Stops accepting; wakes every parked request with WAKE_SHUTDOWN. */
 void http_quiesce(void);
 void http_stop(void);

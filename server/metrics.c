@@ -368,6 +368,15 @@ void metrics_handle(struct http_req *r)
 		buf_printf(&o, "} %llu\n", (unsigned long long)M.exits[i].n);
 	}
 
+	struct http_counts hc;
+	http_counts(&hc);
+	family(&o, "forkpool_http_connections", "gauge",
+	       "Open HTTP connections, and the requests among them parked (long-polls, idle streams) "
+	       "or streaming.");
+	buf_printf(&o, "forkpool_http_connections{state=\"open\"} %u\n", hc.connections);
+	buf_printf(&o, "forkpool_http_connections{state=\"parked\"} %d\n", hc.parked);
+	buf_printf(&o, "forkpool_http_connections{state=\"streaming\"} %d\n", hc.streams);
+
 	family(&o, "forkpool_http_requests_total", "counter", "HTTP answers sent, by status code.");
 	for (unsigned c = 100; c < 600; c++)
 		if (M.http[c])

@@ -78,7 +78,7 @@ static const char *const sql[S_NSTMTS] = {
     [S_FUTURES_BY_IDX] = "SELECT " FUTURE_COLS " FROM futures WHERE batch_id = ?1 AND idx > ?2"
 			 " ORDER BY idx LIMIT ?3",
     [S_FUTURES_BY_DONE] = "SELECT " FUTURE_COLS " FROM futures WHERE batch_id = ?1"
-			  " AND done_seq > ?2 ORDER BY done_seq LIMIT ?3",
+			  " AND done_seq > ?2 AND done_seq <= ?4 ORDER BY done_seq LIMIT ?3",
     [S_CLAIM_SEL] = "SELECT idx, args FROM futures WHERE batch_id = ?1 AND state = 0"
 		    " ORDER BY idx LIMIT ?2",
     [S_CLAIM_UPD] = "UPDATE futures SET state = 1, attempts = attempts + 1, worker = ?1,"
@@ -115,6 +115,10 @@ struct store {
 	sqlite3_stmt *st[S_NSTMTS];
 	int in_txn;
 	int64_t done_seq, done_seq_saved;
+	/* The highest completion cursor committed: completion-order reads stop
+	 * there, so that a cursor handed to a client is never one a failed
+	 * commit takes back and gives to another future. */
+	int64_t done_seq_committed;
 	int64_t now_ms; /* time of the latest change, for finished_at */
 	struct delta *deltas;
 	size_t ndeltas, capdeltas;
@@ -392,6 +396,7 @@ int store_commit(struct store *s)
 		return -1;
 	}
 	s->in_txn = 0;
+	s->done_seq_committed = s->done_seq;
 	return 0;
 }
 
@@ -553,7 +558,7 @@ struct store *store_open(const char *path, int sync_full)
 	if (sqlite3_prepare_v2(s->db, "SELECT value FROM meta WHERE key = 'done_seq'", -1, &st,
 			       NULL) == SQLITE_OK &&
 	    sqlite3_step(st) == SQLITE_ROW)
-		s->done_seq = s->done_seq_saved = sqlite3_column_int64(st, 0);
+		s->done_seq = s->done_seq_saved = s->done_seq_committed = sqlite3_column_int64(st, 0);
 	sqlite3_finalize(st);
 	return s;
 fail:
@@ -740,6 +745,8 @@ int store_futures(struct store *s, int64_t batch, int completed, int64_t after, 
 	sqlite3_bind_int64(st, 1, batch);
 	sqlite3_bind_int64(st, 2, completed && after < 0 ? 0 : after);
 	sqlite3_bind_int64(st, 3, limit);
+	if (completed)
+		sqlite3_bind_int64(st, 4, s->done_seq_committed);
 	return each_future(s, st, fn, arg);
 }
 

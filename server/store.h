@@ -94,7 +94,9 @@ int store_future_get(struct store *s, int64_t batch, int64_t idx,
 		     void (*fn)(void *arg, const struct future *f), void *arg);
 /* Calls fn for the batch's futures: submission order (completed = 0) with
  * index > after, or done ones in completion order (completed = 1) with
- * done_seq > after; at most limit (limit < 0: all). Returns the count or -1. */
+ * done_seq > after, up to the last committed completion (a cursor is never
+ * shown before the commit that makes it final); at most limit (limit < 0:
+ * all). Returns the count or -1. */
 int store_futures(struct store *s, int64_t batch, int completed, int64_t after, int64_t limit,
 		  void (*fn)(void *arg, const struct future *f), void *arg);
 
