@@ -1,5 +1,5 @@
 /* bench.h - forkpool-bench, the program behind `make bench`: forkpool's
- * workloads W1..W6 (issue 5) against Python's ProcessPoolExecutor in the same
+ * workloads W1..W7 (issues 5 and 3) against Python's ProcessPoolExecutor in the same
  * run, and the table they make.
  *
  *   server.c    starts the real forkpoold on a fresh database, reads its
@@ -8,7 +8,8 @@
  *               server has no NDJSON input), results out as NDJSON streams
  *   rounds.c    single-item round trips, one after another and many at
  *               once, over raw kept-alive sockets: the client costs a few
- *               microseconds per call, so it is not what is measured
+ *               microseconds per call, so it is not what is measured; and
+ *               W7's thousands of long-polls on one batch
  *   executor.c  runs the embedded executor.py (the Python baseline)
  *   main.c      the knobs, the workloads, the table
  *
@@ -98,6 +99,17 @@ int rounds_sequential(const struct fpserver *s, long n, struct latencies *out);
  * batches of square with ?wait=5 (the answer carries the result) for
  * seconds. */
 int rounds_concurrent(const struct fpserver *s, int clients, double seconds, struct latencies *out);
+
+/* W7: n long-polls (GET /v1/batches/{id}?wait=60, HTTP/1.0 on raw sockets)
+ * on a batch of one `sleep item_s` item, all parked before it ends; how long
+ * after the item's finished_at the first and the last answer arrived, and
+ * how much the server's peak RSS grew for them. */
+struct poll_run {
+	int n;
+	double first_ms, last_ms;
+	long rss_growth_kib;
+};
+int polls_wake(const struct fpserver *s, int n, double item_s, struct poll_run *out);
 
 /* ---- executor.c ---- */
 

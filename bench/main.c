@@ -38,11 +38,12 @@ static const char usage[] =
 	"  --server PATH  the forkpoold to measure (default: beside this program)\n"
 	"Environment (defaults in brackets; the sizes of W1, W4, W5 and W6 are multiplied by\n"
 	"BENCH_SCALE [1], e.g. make bench BENCH_SCALE=0.1; W2 and W3 are short and keep theirs):\n"
-	"  BENCH_REPS [3]  BENCH_WORKLOADS [W1,W2,W3,W4,W5,W6]  BENCH_CHUNKSIZE [10000]\n"
+	"  BENCH_REPS [3]  BENCH_WORKLOADS [W1,W2,W3,W4,W5,W6,W7]  BENCH_CHUNKSIZE [10000]\n"
 	"  BENCH_W1_ITEMS [1000000]  BENCH_W2_CALLS [2000]  BENCH_W3_CLIENTS [64]\n"
 	"  BENCH_W3_SECONDS [10]  BENCH_W3_CALLS [20000] (the executor's)  BENCH_W4_END [1e10]\n"
 	"  BENCH_W4_RANGES [64]  BENCH_W5_ITEMS [10000000]\n"
 	"  BENCH_W6_SIZES [1000,10000,100000,1000000,10000000]  BENCH_W6_WORKERS [1,2]  BENCH_W6_REPS [1]\n"
+	"  BENCH_W7_POLLS [2000] (long-polls on one batch)\n"
 	"  BENCH_PYTHON [/usr/bin/python3, else python3 on PATH; none: the executor is skipped]\n";
 
 /* ---- the knobs ---- */
@@ -54,7 +55,7 @@ struct knobs {
 	long chunksize;
 	long long w1_items, w5_items, w4_end;
 	long w2_calls, w3_calls;
-	int w3_clients, w4_ranges;
+	int w3_clients, w4_ranges, w7_polls;
 	double w3_seconds;
 	long long w6_sizes[MAX_SIZES];
 	int w6_nsizes;
@@ -128,10 +129,11 @@ static void knobs_read(struct knobs *k, int quick)
 				    .w6_sizes = {100, 1000},
 				    .w6_nsizes = 2,
 				    .w6_workers = {1, 2},
-				    .w6_nworkers = 2};
+				    .w6_nworkers = 2,
+				    .w7_polls = 100};
 	}
 	const char *wl = getenv("BENCH_WORKLOADS");
-	snprintf(k->workloads, sizeof k->workloads, "%s", wl && *wl ? wl : "W1,W2,W3,W4,W5,W6");
+	snprintf(k->workloads, sizeof k->workloads, "%s", wl && *wl ? wl : "W1,W2,W3,W4,W5,W6,W7");
 	if (quick)
 		return; /* the sizes are fixed; only the choice of workloads is taken */
 	double s = k->scale = env_num("BENCH_SCALE", 1, 1e-4, 100);
@@ -151,6 +153,7 @@ static void knobs_read(struct knobs *k, int quick)
 	k->w4_ranges = (int)env_num("BENCH_W4_RANGES", 64, 1, 100000);
 	k->w6_nsizes = env_list("BENCH_W6_SIZES", "1000,10000,100000,1000000,10000000", k->w6_sizes, s, 100);
 	k->w6_nworkers = env_list("BENCH_W6_WORKERS", "1,2", w, 1, 1);
+	k->w7_polls = (int)env_num("BENCH_W7_POLLS", 2000, 1, 20000);
 	for (int i = 0; i < k->w6_nworkers; i++)
 		k->w6_workers[i] = (int)w[i];
 }
@@ -653,6 +656,34 @@ static void w6(const struct knobs *k)
 
 /* ---- the targets ---- */
 
+/* Issue 3's figure: thousands of long-polls on one batch, all answered
+ * soon after it completes, with little memory for them. */
+static void w7(const struct knobs *k)
+{
+	for (int rep = 1; rep <= k->reps; rep++) {
+		struct fpserver s;
+		struct poll_run pr;
+		int rc = start(&s, 1, 0);
+		if (rc == 0) {
+			/* The item must outlast the parking of every long-poll. */
+			rc = polls_wake(&s, k->w7_polls, 1.0 + k->w7_polls / 1000.0, &pr);
+			if (fpserver_stop(&s) < 0)
+				rc = -1;
+		}
+		if (rc == 0) {
+			add(&row("W7", "last answer, ms after the batch completed", U_MS)->fp, pr.last_ms);
+			add(&row("W7", "first answer, ms after the batch completed", U_MS)->fp, pr.first_ms);
+			add(&row("W7", "server RSS growth MiB for the waiting clients", U_MIB)->fp,
+			    MIB(pr.rss_growth_kib));
+			progress("W7 %d/%d forkpool: %d long-polls answered %.1f to %.1f ms after the "
+				 "completion; RSS +%.1f MiB",
+				 rep, k->reps, pr.n, pr.first_ms, pr.last_ms, MIB(pr.rss_growth_kib));
+		} else {
+			fail(&row("W7", "last answer, ms after the batch completed", U_MS)->fp, "W7 forkpool");
+		}
+	}
+}
+
 static void judge(struct row *r, int ok, const char *fmt_, ...) __attribute__((format(printf, 3, 4)));
 static void judge(struct row *r, int ok, const char *fmt_, ...)
 {
@@ -684,6 +715,10 @@ static void targets(void)
 			judge(r, have ? f <= 256 : -1, "≤ 256 MiB");
 		else if (!strcmp(r->work, "W5") && !strncmp(r->metric, "items/s relative", 16))
 			judge(r, have ? f >= 0.8 : -1, "≥ 0.80 (within 20%% of W1)");
+		else if (!strcmp(r->work, "W7") && !strncmp(r->metric, "last answer", 11))
+			judge(r, have ? f <= 100 : -1, "≤ 100 ms");
+		else if (!strcmp(r->work, "W7") && !strncmp(r->metric, "server RSS", 10))
+			judge(r, have ? f < 64 : -1, "< 64 MiB");
 	}
 }
 
@@ -906,6 +941,12 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	/* W7 holds thousands of sockets at once. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	long nc = sysconf(_SC_NPROCESSORS_ONLN);
 	cores = nc > 0 ? (int)nc : 1;
@@ -951,6 +992,8 @@ int main(int argc, char **argv)
 		w5(&k);
 	if (wanted(&k, "W6"))
 		w6(&k);
+	if (wanted(&k, "W7"))
+		w7(&k);
 	targets();
 	struct buf rep = {0};
 	report(&rep, &k, quick, load);

@@ -1,6 +1,6 @@
 /* rounds.c - single-item round trips (W2, W3): POST /v1/batches?wait=5 with
  * one item, whose answer carries its result, over raw kept-alive HTTP/1.1
- * sockets on one epoll set. A call costs the client one write and a read or
+ * sockets on one epoll set; and W7, thousands of long-polls at once. A call costs the client one write and a read or
  * two; libcurl's multi interface cost about as much CPU as the server did
  * per call, on the same two cores. */
 #include "bench.h"
@@ -17,6 +17,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -300,4 +301,130 @@ int rounds_sequential(const struct fpserver *s, long n, struct latencies *out)
 int rounds_concurrent(const struct fpserver *s, int clients, double seconds, struct latencies *out)
 {
 	return rounds(s, clients, "square", 0, 0, seconds, out);
+}
+
+/* ---- W7: many long-polls on one batch ---- */
+
+static double wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* A number from GET /metrics: the value after "key ", or -1. */
+static double metric(const struct fpserver *s, const char *key)
+{
+	char *body = NULL;
+	double v = -1;
+	if (client_get(s, "/metrics", &body) == 200 && body) {
+		size_t n = strlen(key);
+		for (const char *l = body; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+			if (!strncmp(l, key, n) && l[n] == ' ') {
+				v = strtod(l + n + 1, NULL);
+				break;
+			}
+	}
+	free(body);
+	return v;
+}
+
+/* Unix ms of the "finished_at" in a future's JSON, or -1. */
+static double finished_at_ms(const char *json)
+{
+	const char *p = json ? strstr(json, "\"finished_at\":\"") : NULL;
+	struct tm tm = {0};
+	int ms = 0;
+	if (!p || sscanf(p + 15, "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+			 &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) != 7)
+		return -1;
+	tm.tm_year -= 1900;
+	tm.tm_mon -= 1;
+	return (double)timegm(&tm) * 1e3 + ms;
+}
+
+int polls_wake(const struct fpserver *s, int n, double item_s, struct poll_run *out)
+{
+	memset(out, 0, sizeof *out);
+	char body[96], *resp = NULL;
+	snprintf(body, sizeof body, "{\"task\":\"sleep\",\"items\":[[%g]]}", item_s);
+	long st = client_post(s, "/v1/batches", body, &resp);
+	const char *idp = resp ? strstr(resp, "\"id\":") : NULL;
+	long long id = idp ? strtoll(idp + 5, NULL, 10) : 0;
+	free(resp);
+	if (st != 201 || id <= 0) {
+		fprintf(stderr, "bench: W7: the batch was not accepted (%ld)\n", st);
+		return -1;
+	}
+	long rss0 = fpserver_peak_rss_kib(s);
+	int *fds = calloc((size_t)n, sizeof *fds);
+	int ep = epoll_create1(EPOLL_CLOEXEC), rc = -1, open = 0;
+	if (!fds || ep < 0)
+		goto out;
+	char req[160];
+	int rl = snprintf(req, sizeof req, "GET /v1/batches/%lld?wait=60 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", id);
+	for (int i = 0; i < n; i++) {
+		if ((fds[i] = conn_open(s)) < 0 || write_all(fds[i], req, (size_t)rl) < 0)
+			goto out;
+		open++;
+		struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+		epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
+	}
+	/* All of them must be waiting before the item ends. */
+	double deadline = now_s() + item_s;
+	while (metric(s, "forkpool_http_connections{state=\"parked\"}") < n)
+		if (now_s() > deadline) {
+			fprintf(stderr, "bench: W7: %d long-polls were not all parked within the item's %g s\n", n, item_s);
+			goto out;
+		}
+	out->rss_growth_kib = fpserver_peak_rss_kib(s) - rss0;
+	int answered = 0;
+	double first = 0, last = 0;
+	char tmp[4096];
+	struct epoll_event evs[256];
+	while (answered < n) {
+		int k = epoll_wait(ep, evs, 256, (int)(STALL_S * 1000 + item_s * 1000));
+		if (k <= 0) {
+			fprintf(stderr, "bench: W7: %d of %d long-polls answered\n", answered, n);
+			goto out;
+		}
+		for (int e = 0; e < k; e++) {
+			int i = (int)evs[e].data.u32;
+			ssize_t r;
+			while ((r = read(fds[i], tmp, sizeof tmp)) > 0)
+				;
+			if (r == 0 || (r < 0 && errno != EAGAIN)) {
+				/* HTTP/1.0: the answer ends when the server closes. */
+				epoll_ctl(ep, EPOLL_CTL_DEL, fds[i], NULL);
+				close(fds[i]);
+				fds[i] = -1;
+				double t = wall_ms();
+				if (!answered++)
+					first = t;
+				last = t;
+			}
+		}
+	}
+	char path[96];
+	snprintf(path, sizeof path, "/v1/batches/%lld/futures/0", id);
+	resp = NULL;
+	client_get(s, path, &resp);
+	double done = finished_at_ms(resp);
+	free(resp);
+	if (done < 0) {
+		fprintf(stderr, "bench: W7: no finished_at for the item\n");
+		goto out;
+	}
+	out->n = n;
+	out->first_ms = first - done;
+	out->last_ms = last - done;
+	rc = 0;
+out:
+	for (int i = 0; i < open; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	free(fds);
+	if (ep >= 0)
+		close(ep);
+	return rc;
 }
