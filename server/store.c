@@ -79,8 +79,13 @@ static const char *const sql[S_NSTMTS] = {
 			 " ORDER BY idx LIMIT ?3",
     [S_FUTURES_BY_DONE] = "SELECT " FUTURE_COLS " FROM futures WHERE batch_id = ?1"
 			  " AND done_seq > ?2 AND done_seq <= ?4 ORDER BY done_seq LIMIT ?3",
-    [S_CLAIM_SEL] = "SELECT idx, args FROM futures WHERE batch_id = ?1 AND state = 0"
-		    " ORDER BY idx LIMIT ?2",
+    /* INDEXED BY: without it SQLite walks the batch's primary key from idx 0
+     * (it also yields idx order), skipping the rows already claimed, so a
+     * batch's claims cost O(size) each and O(size^2) in all: a 10,000,000
+     * item batch slowed to 20,000 items/s. The partial index holds only the
+     * pending rows. */
+    [S_CLAIM_SEL] = "SELECT idx, args FROM futures INDEXED BY futures_pending"
+		    " WHERE batch_id = ?1 AND state = 0 ORDER BY idx LIMIT ?2",
     [S_CLAIM_UPD] = "UPDATE futures SET state = 1, attempts = attempts + 1, worker = ?1,"
 		    " started_at = ?2 WHERE batch_id = ?3 AND idx BETWEEN ?4 AND ?5 AND state = 0",
     [S_FINISH] = "UPDATE futures SET state = 2, result = ?3, started_at = ?4, finished_at = ?5,"
@@ -97,8 +102,8 @@ static const char *const sql[S_NSTMTS] = {
 		 " THEN ?7 ELSE finished_at END WHERE id = ?1",
     [S_SET_SEQ] = "UPDATE meta SET value = ?1 WHERE key = 'done_seq'",
     /* Each cancelled future gets its own completion cursor, ?2 + idx. */
-    [S_CANCEL_PENDING] = "UPDATE futures SET state = 4, finished_at = ?3, done_seq = ?2 + idx"
-			 " WHERE batch_id = ?1 AND state = 0",
+    [S_CANCEL_PENDING] = "UPDATE futures INDEXED BY futures_pending SET state = 4, finished_at = ?3,"
+			 " done_seq = ?2 + idx WHERE batch_id = ?1 AND state = 0",
     [S_CANCEL_ONE] = "UPDATE futures SET state = 4, finished_at = ?4, done_seq = ?3"
 		     " WHERE batch_id = ?1 AND idx = ?2 AND state = 0",
     [S_CANCEL_RUNNING] = "UPDATE futures SET state = 4, finished_at = ?4, done_seq = ?3"
