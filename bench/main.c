@@ -856,7 +856,10 @@ static const char doc_head[] =
 	"says [0, 2·10^7): the workers' segmented sieve does that in about 20 ms, which measures round "
 	"trips, not parallel speedup; `BENCH_W4_END=20000000` runs it.)\n"
 	"- **W5** W1 at scale: peak RSS of the server (VmHWM), database + WAL bytes per item.\n"
-	"- **W6** W1 at growing sizes with 1 and 2 workers.\n\n"
+	"- **W6** W1 at growing sizes with 1 and 2 workers.\n"
+	"- **W7** (issue 3) 2,000 long-polls (`GET /v1/batches/{id}?wait=60`) parked on a one-item "
+	"batch: how long after the item's `finished_at` the first and the last answer arrived, and the "
+	"server's RSS growth for them.\n\n"
 	"The executor's pool is started and warmed before its clock starts, as forkpool's workers are "
 	"preforked. Peak RSS is the server process's alone (workers excluded); on the executor side it "
 	"is the parent process's (`ru_maxrss`).\n\n";
