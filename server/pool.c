@@ -318,6 +318,8 @@ static void log_err_line(const struct worker *w, const char *p, size_t n)
 /* Logs the complete lines of errline (and all of it when flush). */
 static void err_lines(struct worker *w, int flush)
 {
+	if (!w->errline.len)
+		return;
 	char *p = w->errline.data, *end = p + w->errline.len;
 	while (p < end) {
 		char *nl = memchr(p, '\n', (size_t)(end - p));

@@ -83,8 +83,11 @@ static int fill(struct http_req *r, struct buf *out)
 		write_end(sm, out, "error");
 		return 0;
 	}
-	if (batch_done(&b)) {
-		/* Done, and nothing after the cursor: everything is written. */
+	/* Done, and nothing after the cursor: everything is written. Unless
+	 * the turn has not committed yet: completion-order reads stop at the
+	 * last commit, while the batch's counts already show this turn's
+	 * results; the commit wakes this stream for them. */
+	if (batch_done(&b) && !store_dirty(sm->store)) {
 		if (sm->o.sse) {
 			buf_adds(out, "event: done\ndata: ");
 			batch_json(out, &b);
