@@ -100,7 +100,7 @@ int rounds_sequential(const struct fpserver *s, long n, struct latencies *out);
  * seconds. */
 int rounds_concurrent(const struct fpserver *s, int clients, double seconds, struct latencies *out);
 
-/* W7: n long-polls (GET /v1/batches/{id}?wait=60, HTTP/1.0 on raw sockets)
+/* W7: n long-polls (GET /v1/batches/{id}?wait=60, HTTP/1.1 on raw sockets)
  * on a batch of one `sleep item_s` item, all parked before it ends; how long
  * after the item's finished_at the first and the last answer arrived, and
  * how much the server's peak RSS grew for them. */

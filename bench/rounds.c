@@ -357,18 +357,20 @@ int polls_wake(const struct fpserver *s, int n, double item_s, struct poll_run *
 		return -1;
 	}
 	long rss0 = fpserver_peak_rss_kib(s);
-	int *fds = calloc((size_t)n, sizeof *fds);
+	struct conn *c = calloc((size_t)n, sizeof *c);
 	int ep = epoll_create1(EPOLL_CLOEXEC), rc = -1, open = 0;
-	if (!fds || ep < 0)
+	if (!c || ep < 0)
 		goto out;
+	/* HTTP/1.1 and kept alive, as clients (curl, Python's http.client)
+	 * send them: an answer is whole at its Content-Length. */
 	char req[160];
-	int rl = snprintf(req, sizeof req, "GET /v1/batches/%lld?wait=60 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", id);
+	int rl = snprintf(req, sizeof req, "GET /v1/batches/%lld?wait=60 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", id);
 	for (int i = 0; i < n; i++) {
-		if ((fds[i] = conn_open(s)) < 0 || write_all(fds[i], req, (size_t)rl) < 0)
+		if ((c[i].fd = conn_open(s)) < 0 || write_all(c[i].fd, req, (size_t)rl) < 0)
 			goto out;
 		open++;
 		struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
-		epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
+		epoll_ctl(ep, EPOLL_CTL_ADD, c[i].fd, &ev);
 	}
 	/* All of them must be waiting before the item ends. */
 	double deadline = now_s() + item_s;
@@ -380,7 +382,6 @@ int polls_wake(const struct fpserver *s, int n, double item_s, struct poll_run *
 	out->rss_growth_kib = fpserver_peak_rss_kib(s) - rss0;
 	int answered = 0;
 	double first = 0, last = 0;
-	char tmp[4096];
 	struct epoll_event evs[256];
 	while (answered < n) {
 		int k = epoll_wait(ep, evs, 256, (int)(STALL_S * 1000 + item_s * 1000));
@@ -389,20 +390,22 @@ int polls_wake(const struct fpserver *s, int n, double item_s, struct poll_run *
 			goto out;
 		}
 		for (int e = 0; e < k; e++) {
-			int i = (int)evs[e].data.u32;
-			ssize_t r;
-			while ((r = read(fds[i], tmp, sizeof tmp)) > 0)
-				;
-			if (r == 0 || (r < 0 && errno != EAGAIN)) {
-				/* HTTP/1.0: the answer ends when the server closes. */
-				epoll_ctl(ep, EPOLL_CTL_DEL, fds[i], NULL);
-				close(fds[i]);
-				fds[i] = -1;
-				double t = wall_ms();
-				if (!answered++)
-					first = t;
-				last = t;
+			struct conn *ci = &c[evs[e].data.u32];
+			struct answer a;
+			int w = conn_read(ci, &a);
+			if (w < 0)
+				goto out;
+			if (w == 0)
+				continue;
+			double t = wall_ms();
+			if (a.status != 200) {
+				fprintf(stderr, "bench: W7: a long-poll answered %d\n", a.status);
+				goto out;
 			}
+			epoll_ctl(ep, EPOLL_CTL_DEL, ci->fd, NULL);
+			if (!answered++)
+				first = t;
+			last = t;
 		}
 	}
 	char path[96];
@@ -420,10 +423,11 @@ int polls_wake(const struct fpserver *s, int n, double item_s, struct poll_run *
 	out->last_ms = last - done;
 	rc = 0;
 out:
-	for (int i = 0; i < open; i++)
-		if (fds[i] >= 0)
-			close(fds[i]);
-	free(fds);
+	for (int i = 0; i < open; i++) {
+		close(c[i].fd);
+		buf_free(&c[i].in);
+	}
+	free(c);
 	if (ep >= 0)
 		close(ep);
 	return rc;
