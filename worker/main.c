@@ -56,9 +56,8 @@
  * FRAME_HDR bytes. */
 static struct {
 	pthread_mutex_t mu;
-	pthread_cond_t cv; /* box became non-empty, flush or quit was set */
+	pthread_cond_t cv; /* box became non-empty, or quit was set */
 	struct buf box;
-	bool flush; /* the box ends a chunk: send it now */
 	bool quit;  /* send what is left and stop */
 	pthread_t thread;
 } O = {.mu = PTHREAD_MUTEX_INITIALIZER};
@@ -75,10 +74,40 @@ static int64_t mono_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* Whoever writes a frame holds wmu, taken before mu is let go: frames go out
+ * in the order their boxes were taken, and never interleave. */
+static pthread_mutex_t wmu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Swaps the box for spare (emptied, with a new placeholder) and returns what
+ * the box held. Under mu. */
+static struct buf take_box(struct buf *spare)
+{
+	struct buf full = O.box;
+	O.box = *spare;
+	buf_reset(&O.box);
+	frame_begin(&O.box);
+	*spare = (struct buf){0};
+	return full;
+}
+
+/* Writes a taken box as a frame, then releases wmu; the frame's memory goes
+ * back to *spare. */
+static void write_box(struct buf full, struct buf *spare)
+{
+	frame_end(&full, 0);
+	if (frame_write_all(WORKER_SOCK_FD, full.data, full.len) < 0) {
+		/* The server is gone; nobody is left to report to. */
+		fprintf(stderr, "forkpool-worker: write to the server: %s\n", strerror(errno));
+		_exit(1);
+	}
+	pthread_mutex_unlock(&wmu);
+	*spare = full;
+}
+
 static void *sender(void *arg)
 {
 	(void)arg;
-	struct buf frame = {0};
+	struct buf spare = {0};
 	pthread_mutex_lock(&O.mu);
 	for (;;) {
 		while (O.box.len == FRAME_HDR && !O.quit)
@@ -92,38 +121,40 @@ static void *sender(void *arg)
 			dl.tv_sec++;
 			dl.tv_nsec -= 1000000000;
 		}
-		while (!O.flush && !O.quit && pthread_cond_timedwait(&O.cv, &O.mu, &dl) != ETIMEDOUT)
+		while (!O.quit && O.box.len > FRAME_HDR &&
+		       pthread_cond_timedwait(&O.cv, &O.mu, &dl) != ETIMEDOUT)
 			;
-		O.flush = false;
-		struct buf full = O.box;
-		O.box = frame;
-		buf_reset(&O.box);
-		frame_begin(&O.box);
+		if (O.box.len == FRAME_HDR)
+			continue; /* the chunk's end came and post() sent it all */
+		struct buf full = take_box(&spare);
+		pthread_mutex_lock(&wmu);
 		pthread_mutex_unlock(&O.mu);
-
-		frame = full;
-		frame_end(&frame, 0);
-		if (frame_write_all(WORKER_SOCK_FD, frame.data, frame.len) < 0) {
-			/* The server is gone; nobody is left to report to. */
-			fprintf(stderr, "forkpool-worker: write to the server: %s\n", strerror(errno));
-			_exit(1);
-		}
+		write_box(full, &spare);
 		pthread_mutex_lock(&O.mu);
 	}
 	pthread_mutex_unlock(&O.mu);
-	buf_free(&frame);
+	buf_free(&spare);
 	return NULL;
 }
 
-/* Hands a record (whole lines) to the sender; last ends the chunk. */
+/* Hands a record (whole lines) to the sender; last ends the chunk, and then
+ * this thread sends what is waiting itself, at once: the server is waiting
+ * for the chunk's end, and waking the sender for it cost a thread switch per
+ * chunk (most of a single-item chunk's round trip). */
 static void post(const struct buf *r, bool last)
 {
+	static struct buf spare;
 	pthread_mutex_lock(&O.mu);
 	bool was_empty = O.box.len == FRAME_HDR;
 	buf_add(&O.box, r->data, r->len);
-	if (last)
-		O.flush = true;
-	if (was_empty || last)
+	if (last) {
+		struct buf full = take_box(&spare);
+		pthread_mutex_lock(&wmu);
+		pthread_mutex_unlock(&O.mu);
+		write_box(full, &spare);
+		return;
+	}
+	if (was_empty)
 		pthread_cond_signal(&O.cv);
 	pthread_mutex_unlock(&O.mu);
 }
