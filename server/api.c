@@ -818,13 +818,17 @@ void api_handle(struct http_req *r)
 	if (!strcmp(p, "/v1/tasks"))
 		return get ? get_tasks(r) : not_allowed(r, "GET");
 	if (!strcmp(p, "/v1/batches")) {
-		if (!strcmp(m, "POST"))
+		if (!strcmp(m, "POST")) {
 			/* An NDJSON upload's query was checked with its headers. */
-			return upload_active(r) || query_known(r, Q_POST_JSON) == 0 ? post_batch(r)
-										    : (void)0;
+			if (!upload_active(r) && query_known(r, Q_POST_JSON) < 0)
+				return;
+			return post_batch(r);
+		}
 		if (!get)
 			return not_allowed(r, "GET, POST");
-		return query_known(r, Q_LIST) == 0 ? list_batches(r) : (void)0;
+		if (query_known(r, Q_LIST) < 0)
+			return;
+		return list_batches(r);
 	}
 	static const char prefix[] = "/v1/batches/";
 	if (!strncmp(p, prefix, sizeof prefix - 1)) {
@@ -834,18 +838,21 @@ void api_handle(struct http_req *r)
 			return http_error(r, 404, "not_found", "there is no batch \"%.*s\"",
 					  (int)(slash ? slash - s : (long)strlen(s)), s);
 		if (!slash) {
-			if (query_known(r, !strcmp(m, "DELETE") ? Q_DELETE : Q_BATCH) < 0)
+			int del = !strcmp(m, "DELETE");
+			if (!del && !get)
+				return not_allowed(r, "GET, DELETE");
+			if (query_known(r, del ? Q_DELETE : Q_BATCH) < 0)
 				return;
-			if (!strcmp(m, "DELETE") && retention_delete(r, id))
+			if (del && retention_delete(r, id))
 				return; /* ?purge=true */
-			if (!strcmp(m, "DELETE"))
-				return cancel_batch(r, id);
-			return get ? get_batch(r, id) : not_allowed(r, "GET, DELETE");
+			return del ? cancel_batch(r, id) : get_batch(r, id);
 		}
 		if (!strcmp(slash, "/results")) {
 			if (!get)
 				return not_allowed(r, "GET");
-			return query_known(r, Q_RESULTS) == 0 ? get_results(r, id) : (void)0;
+			if (query_known(r, Q_RESULTS) < 0)
+				return;
+			return get_results(r, id);
 		}
 		static const char fut[] = "/futures/";
 		if (!strncmp(slash, fut, sizeof fut - 1)) {
@@ -856,12 +863,16 @@ void api_handle(struct http_req *r)
 			if (tail && !strcmp(tail, "/cancel")) {
 				if (strcmp(m, "POST"))
 					return not_allowed(r, "POST");
-				return query_known(r, Q_NONE) == 0 ? cancel_future(r, id, index) : (void)0;
+				if (query_known(r, Q_NONE) < 0)
+					return;
+				return cancel_future(r, id, index);
 			}
 			if (!tail) {
 				if (!get)
 					return not_allowed(r, "GET");
-				return query_known(r, Q_FUTURE) == 0 ? get_future(r, id, index) : (void)0;
+				if (query_known(r, Q_FUTURE) < 0)
+					return;
+				return get_future(r, id, index);
 			}
 		}
 	}
