@@ -863,9 +863,7 @@ static void settle_chunk(struct worker *w, int status)
 static void free_worker(struct worker *w)
 {
 	close_socket(w);
-	if (w->errw.fd >= 0)
-		drain_err(w); /* its last words, before the exit line's successor */
-	close_err(w);
+	close_err(w); /* the reap drained it; this logs a last unended line */
 	buf_free(&w->errline);
 	frame_reader_free(&w->rd);
 	buf_free(&w->out);
