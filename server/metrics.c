@@ -235,7 +235,7 @@ static void hist(struct buf *o, const char *name, const char *task_name, const s
 }
 
 /* Items by state and batches stored, summed over the batches' counters (one
- * pass over the batches table, not the futures). */
+ * pass over the batches table, not the items' segments). */
 static int db_totals(int64_t counts[FS_NSTATES], int64_t *batches, int64_t *open)
 {
 	sqlite3 *db = store_sqlite(M.store);

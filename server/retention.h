@@ -3,12 +3,13 @@
  * (DELETE /v1/batches/{id}?purge=true).
  *
  * A batch goes in two moves. Its row is deleted first, in one statement, so
- * that every read says 404 from then on; its futures follow in small
- * transactions run from the loop's timer (a few thousand rows each), so that
- * a batch of a million futures never holds the loop. Futures whose batch row
- * is gone (a crash between the two moves) are found again at start-up. The
- * pages freed go to SQLite's free list and are reused before the file grows;
- * the file itself does not shrink (VACUUM offline does that). */
+ * that every read says 404 from then on; its items' rows (segments, seg_args,
+ * outcomes) follow in small transactions run from the loop's timer (a few
+ * dozen rows, about a MiB, each), so that a batch of a million items never
+ * holds the loop. Rows whose batch row is gone (a crash between the two
+ * moves) are found again at start-up. The pages freed go to SQLite's free
+ * list and are reused before the file grows; the file itself does not shrink
+ * (VACUUM offline does that). */
 #ifndef FORKPOOL_RETENTION_H
 #define FORKPOOL_RETENTION_H
 

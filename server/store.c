@@ -17,7 +17,9 @@
 
 #include "buf.h"
 #include "log.h"
+#include "convert.h"
 #include "schema.h"
+#include "segfmt.h"
 
 const char *const fstate_names[FS_NSTATES] = {"pending", "running", "finished", "failed",
 					      "cancelled"};
@@ -31,32 +33,25 @@ enum stmt_id {
 	S_SP_RELEASE,
 	S_SP_UNDO,
 	S_INS_BATCH,
-	S_INS_FUTURE,
 	S_GET_BATCH,
 	S_LIST_BATCHES,
 	S_PENDING_BATCHES,
-	S_GET_FUTURE,
-	S_FUTURES_BY_IDX,
-	S_FUTURES_BY_DONE,
-	S_CLAIM_SEL,
-	S_CLAIM_UPD,
-	S_FINISH,
-	S_FAIL,
-	S_REQUEUE,
 	S_COUNTS,
 	S_SET_SEQ,
-	S_CANCEL_PENDING,
-	S_CANCEL_ONE,
-	S_CANCEL_RUNNING,
+	S_INS_SEG,
+	S_INS_ARGS,
+	S_GET_SEG,
+	S_PUT_SEG,
+	S_GET_ARGS,
+	S_INS_GROUP,
+	S_GROUP_AT,
+	S_GROUPS_AFTER,
 	S_NSTMTS
 };
 
 #define BATCH_COLS                                                                               \
 	"id, task, size, chunksize, timeout, created_at, finished_at, n_pending, n_running, "    \
 	"n_finished, n_failed, n_cancelled, retries"
-#define FUTURE_COLS                                                                              \
-	"idx, state, result, error_type, error, attempts, worker, started_at, finished_at, "     \
-	"done_seq"
 
 static const char *const sql[S_NSTMTS] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
@@ -67,33 +62,12 @@ static const char *const sql[S_NSTMTS] = {
     [S_SP_UNDO] = "ROLLBACK TO submit",
     [S_INS_BATCH] = "INSERT INTO batches (task, size, chunksize, timeout, created_at, n_pending,"
 		    " retries) VALUES (?1, ?2, ?3, ?4, ?5, ?2, ?6)",
-    [S_INS_FUTURE] = "INSERT INTO futures (batch_id, idx, args) VALUES (?1, ?2, ?3)",
     /* A batch whose size is -1 is an NDJSON upload still arriving: nobody
      * sees it until it is sealed (store_upload_seal). */
     [S_GET_BATCH] = "SELECT " BATCH_COLS " FROM batches WHERE id = ?1 AND size >= 0",
     [S_LIST_BATCHES] = "SELECT " BATCH_COLS " FROM batches WHERE id < ?1 AND size >= 0"
 		       " ORDER BY id DESC LIMIT ?2",
     [S_PENDING_BATCHES] = "SELECT id FROM batches WHERE n_pending > 0 ORDER BY id",
-    [S_GET_FUTURE] = "SELECT " FUTURE_COLS " FROM futures WHERE batch_id = ?1 AND idx = ?2",
-    [S_FUTURES_BY_IDX] = "SELECT " FUTURE_COLS " FROM futures WHERE batch_id = ?1 AND idx > ?2"
-			 " ORDER BY idx LIMIT ?3",
-    [S_FUTURES_BY_DONE] = "SELECT " FUTURE_COLS " FROM futures WHERE batch_id = ?1"
-			  " AND done_seq > ?2 AND done_seq <= ?4 ORDER BY done_seq LIMIT ?3",
-    /* INDEXED BY: without it SQLite walks the batch's primary key from idx 0
-     * (it also yields idx order), skipping the rows already claimed, so a
-     * batch's claims cost O(size) each and O(size^2) in all: a 10,000,000
-     * item batch slowed to 20,000 items/s. The partial index holds only the
-     * pending rows. */
-    [S_CLAIM_SEL] = "SELECT idx, args FROM futures INDEXED BY futures_pending"
-		    " WHERE batch_id = ?1 AND state = 0 ORDER BY idx LIMIT ?2",
-    [S_CLAIM_UPD] = "UPDATE futures SET state = 1, attempts = attempts + 1, worker = ?1,"
-		    " started_at = ?2 WHERE batch_id = ?3 AND idx BETWEEN ?4 AND ?5 AND state = 0",
-    [S_FINISH] = "UPDATE futures SET state = 2, result = ?3, started_at = ?4, finished_at = ?5,"
-		 " done_seq = ?6 WHERE batch_id = ?1 AND idx = ?2 AND state = 1",
-    [S_FAIL] = "UPDATE futures SET state = 3, error_type = ?3, error = ?4, started_at = ?5,"
-	       " finished_at = ?6, done_seq = ?7 WHERE batch_id = ?1 AND idx = ?2 AND state = 1",
-    [S_REQUEUE] = "UPDATE futures SET state = 0, attempts = attempts - 1, worker = NULL,"
-		  " started_at = NULL WHERE batch_id = ?1 AND idx = ?2 AND state = 1",
     /* Right-hand sides see the old row, so the CASE tests the new totals. */
     [S_COUNTS] = "UPDATE batches SET n_pending = n_pending + ?2, n_running = n_running + ?3,"
 		 " n_finished = n_finished + ?4, n_failed = n_failed + ?5,"
@@ -101,18 +75,58 @@ static const char *const sql[S_NSTMTS] = {
 		 " finished_at = CASE WHEN finished_at IS NULL AND n_pending + ?2 + n_running + ?3 = 0"
 		 " THEN ?7 ELSE finished_at END WHERE id = ?1",
     [S_SET_SEQ] = "UPDATE meta SET value = ?1 WHERE key = 'done_seq'",
-    /* Each cancelled future gets its own completion cursor, ?2 + idx. */
-    [S_CANCEL_PENDING] = "UPDATE futures INDEXED BY futures_pending SET state = 4, finished_at = ?3,"
-			 " done_seq = ?2 + idx WHERE batch_id = ?1 AND state = 0",
-    [S_CANCEL_ONE] = "UPDATE futures SET state = 4, finished_at = ?4, done_seq = ?3"
-		     " WHERE batch_id = ?1 AND idx = ?2 AND state = 0",
-    [S_CANCEL_RUNNING] = "UPDATE futures SET state = 4, finished_at = ?4, done_seq = ?3"
-			 " WHERE batch_id = ?1 AND idx = ?2 AND state = 1",
+    [S_INS_SEG] = "INSERT INTO segments (batch_id, seg, items) VALUES (?1, ?2, ?3)",
+    [S_INS_ARGS] = "INSERT INTO seg_args (batch_id, seg, args) VALUES (?1, ?2, ?3)",
+    [S_GET_SEG] = "SELECT items FROM segments WHERE batch_id = ?1 AND seg = ?2",
+    [S_PUT_SEG] = "UPDATE segments SET items = ?3 WHERE batch_id = ?1 AND seg = ?2",
+    [S_GET_ARGS] = "SELECT args FROM seg_args WHERE batch_id = ?1 AND seg = ?2",
+    [S_INS_GROUP] = "INSERT INTO outcomes (batch_id, last_seq, recs) VALUES (?1, ?2, ?3)",
+    [S_GROUP_AT] = "SELECT recs FROM outcomes WHERE batch_id = ?1 AND last_seq >= ?2"
+		   " ORDER BY last_seq LIMIT 1",
+    [S_GROUPS_AFTER] = "SELECT recs FROM outcomes WHERE batch_id = ?1 AND last_seq > ?2"
+		       " ORDER BY last_seq",
 };
 
 struct delta {
 	int64_t batch;
 	int64_t d[FS_NSTATES];
+};
+
+/* ---- what the transaction holds in memory ----
+ *
+ * Futures live in segments of SEG_ITEMS (segfmt.h). A state change edits the
+ * segment in a write-back cache; dirty segments are written at commit (or
+ * when the cache needs room), so a claim of 10,000 items or a burst of
+ * results costs one UPDATE per 256 items. Outcomes are appended to a group
+ * per batch, written when full and at commit. A rollback drops all of it. */
+#define SEG_CACHE 256 /* segments held: more than two chunks of 10,000 in flight */
+#define NCURSORS 128  /* batches whose claim position is remembered */
+
+struct segment {
+	int64_t batch, seg;
+	int n, dirty;
+	uint64_t used; /* the store's tick at its latest use (eviction) */
+	struct seg_item it[SEG_ITEMS];
+};
+
+/* Outcomes of one batch not yet written: records with increasing cursors. */
+struct group {
+	int64_t batch, last_seq;
+	int n;
+	struct buf recs;
+};
+
+/* A new batch's items not yet written: the segment being filled. */
+struct builder {
+	int64_t batch, next; /* next: the index the next item must have */
+	int n;
+	struct buf args;
+};
+
+/* Where a batch's claims go on: no item below idx is pending. A batch
+ * without one is claimed from index 0, so forgetting one is always safe. */
+struct cursor {
+	int64_t batch, idx;
 };
 
 struct store {
@@ -140,6 +154,26 @@ struct store {
 	 * cost one read, not 4,000. */
 	struct batch bcache;
 	int64_t bcache_changes; /* -1: empty */
+	struct segment *segs[SEG_CACHE];
+	int nsegs;
+	struct segment *last_seg; /* the latest found: most lookups hit it */
+	uint64_t tick;
+	struct group *groups;
+	size_t ngroups, capgroups;
+	struct builder *builders;
+	size_t nbuilders, capbuilders;
+	struct cursor cursors[NCURSORS];
+	int ncursors, next_cursor;
+	int64_t submitting; /* the batch between store_batch_begin and _end */
+	struct buf scratch; /* an items blob being written */
+	/* The outcome group a submission-order read found last: a copy of its
+	 * records, decoded (strings point into blob). */
+	struct {
+		int64_t batch;
+		struct buf blob;
+		struct future *f;
+		int n, cap;
+	} rg;
 };
 
 /* ---- the checkpointer ----
@@ -284,6 +318,25 @@ static int ckpt_start(struct store *s, const char *path)
 
 static void bcache_drop(struct store *s) { s->bcache_changes = -1; }
 
+/* Forgets everything the transaction held in memory: after a rollback the
+ * database is as the last commit left it. (Entries stay allocated.) */
+static void drop_memory(struct store *s)
+{
+	bcache_drop(s);
+	for (int i = 0; i < s->nsegs; i++) {
+		s->segs[i]->batch = -1;
+		s->segs[i]->dirty = 0;
+	}
+	s->last_seg = NULL;
+	for (size_t i = 0; i < s->ngroups; i++)
+		buf_free(&s->groups[i].recs);
+	s->ngroups = 0;
+	s->ncursors = 0;
+	s->rg.batch = -1;
+	s->ndeltas = 0;
+	s->done_seq = s->done_seq_saved;
+}
+
 static int db_fail(struct store *s, const char *op)
 {
 	bcache_drop(s);
@@ -294,8 +347,7 @@ static int db_fail(struct store *s, const char *op)
 		log_error("db_txn_lost", "msg=\"SQLite rolled the transaction back\"");
 		s->in_txn = 0;
 		s->lost = 1;
-		s->ndeltas = 0;
-		s->done_seq = s->done_seq_saved;
+		drop_memory(s);
 	}
 	return -1;
 }
@@ -378,26 +430,76 @@ static int flush_counts(struct store *s)
 	return 0;
 }
 
+/* ---- segments and outcome groups: written back ---- */
+
+static int seg_write(struct store *s, struct segment *g)
+{
+	buf_reset(&s->scratch);
+	segfmt_put_items(&s->scratch, g->it, g->n);
+	sqlite3_stmt *st = s->st[S_PUT_SEG];
+	sqlite3_bind_int64(st, 1, g->batch);
+	sqlite3_bind_int64(st, 2, g->seg);
+	sqlite3_bind_blob(st, 3, s->scratch.data, (int)s->scratch.len, SQLITE_STATIC);
+	if (run(s, S_PUT_SEG) < 0)
+		return -1;
+	g->dirty = 0;
+	return 0;
+}
+
+static int group_write(struct store *s, struct group *gr)
+{
+	if (gr->n == 0)
+		return 0;
+	sqlite3_stmt *st = s->st[S_INS_GROUP];
+	sqlite3_bind_int64(st, 1, gr->batch);
+	sqlite3_bind_int64(st, 2, gr->last_seq);
+	sqlite3_bind_blob(st, 3, gr->recs.data, (int)gr->recs.len, SQLITE_STATIC);
+	if (run(s, S_INS_GROUP) < 0)
+		return -1;
+	gr->n = 0;
+	buf_reset(&gr->recs);
+	return 0;
+}
+
+/* Writes the outcome groups (reads of outcomes need them in the database). */
+static int flush_groups(struct store *s)
+{
+	for (size_t i = 0; i < s->ngroups; i++)
+		if (group_write(s, &s->groups[i]) < 0)
+			return -1;
+	for (size_t i = 0; i < s->ngroups; i++)
+		buf_free(&s->groups[i].recs);
+	s->ngroups = 0;
+	return 0;
+}
+
+/* Everything the transaction holds in memory, into the database. */
+static int flush_all(struct store *s)
+{
+	for (int i = 0; i < s->nsegs; i++)
+		if (s->segs[i]->dirty && seg_write(s, s->segs[i]) < 0)
+			return -1;
+	if (flush_groups(s) < 0)
+		return -1;
+	return flush_counts(s);
+}
+
 int store_commit(struct store *s)
 {
 	if (s->lost) {
-		bcache_drop(s);
 		/* Writes after the loss go too: a commit keeps all or none. */
 		if (s->in_txn)
 			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 		s->in_txn = s->lost = 0;
-		s->ndeltas = 0;
-		s->done_seq = s->done_seq_saved;
+		drop_memory(s);
 		return -1;
 	}
 	if (!s->in_txn)
 		return 0;
-	if (flush_counts(s) < 0 || run(s, S_COMMIT) < 0) {
-		bcache_drop(s);
+	if (flush_all(s) < 0 || run(s, S_COMMIT) < 0) {
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 		s->in_txn = s->lost = 0;
-		s->ndeltas = 0;
-		s->done_seq = s->done_seq_saved;
+		drop_memory(s);
 		return -1;
 	}
 	s->in_txn = 0;
@@ -406,6 +508,670 @@ int store_commit(struct store *s)
 }
 
 int store_dirty(const struct store *s) { return s->in_txn || s->lost; }
+
+/* ---- the segment cache ---- */
+
+/* The cached segment, or NULL. */
+static struct segment *seg_find(struct store *s, int64_t batch, int64_t seg)
+{
+	struct segment *g = s->last_seg;
+	if (g && g->batch == batch && g->seg == seg)
+		return g;
+	for (int i = 0; i < s->nsegs; i++) {
+		g = s->segs[i];
+		if (g->batch == batch && g->seg == seg)
+			return s->last_seg = g;
+	}
+	return NULL;
+}
+
+/* A free entry: an empty one, else the least recently used, written first
+ * if dirty. NULL on a write error. */
+static struct segment *seg_slot(struct store *s)
+{
+	if (s->nsegs < SEG_CACHE) {
+		struct segment *g = malloc(sizeof *g);
+		if (!g)
+			abort();
+		g->batch = -1;
+		g->dirty = 0;
+		return s->segs[s->nsegs++] = g;
+	}
+	struct segment *lru = NULL;
+	for (int i = 0; i < s->nsegs; i++) {
+		struct segment *g = s->segs[i];
+		if (g->batch < 0)
+			return g;
+		if (!lru || g->used < lru->used)
+			lru = g;
+	}
+	if (lru->dirty && seg_write(s, lru) < 0)
+		return NULL;
+	if (s->last_seg == lru)
+		s->last_seg = NULL;
+	lru->batch = -1;
+	return lru;
+}
+
+/* The segment as the transaction sees it: 1 and *out, 0 if the batch has no
+ * such segment, -1 on error. */
+static int seg_get(struct store *s, int64_t batch, int64_t seg, struct segment **out)
+{
+	struct segment *g = seg_find(s, batch, seg);
+	if (!g) {
+		if (!(g = seg_slot(s)))
+			return -1;
+		sqlite3_stmt *st = s->st[S_GET_SEG];
+		sqlite3_bind_int64(st, 1, batch);
+		sqlite3_bind_int64(st, 2, seg);
+		int rc = sqlite3_step(st);
+		int n = 0;
+		if (rc == SQLITE_ROW)
+			n = segfmt_get_items(sqlite3_column_blob(st, 0),
+					     (size_t)sqlite3_column_bytes(st, 0), g->it, SEG_ITEMS);
+		sqlite3_reset(st);
+		if (rc == SQLITE_DONE)
+			return 0;
+		if (rc != SQLITE_ROW)
+			return db_fail(s, "segment");
+		if (n <= 0) {
+			log_error("db_corrupt", "batch=%lld seg=%lld msg=\"unreadable segment\"",
+				  (long long)batch, (long long)seg);
+			snprintf(s->last_error, sizeof s->last_error, "a segment of batch %lld is unreadable",
+				 (long long)batch);
+			return -1;
+		}
+		g->batch = batch;
+		g->seg = seg;
+		g->n = n;
+		g->dirty = 0;
+		s->last_seg = g;
+	}
+	g->used = ++s->tick;
+	*out = g;
+	return 1;
+}
+
+/* The item batch/idx: 1 with *g its segment and *it the item, 0 if there
+ * is none, -1 on error. */
+static int item_get(struct store *s, int64_t batch, int64_t idx, struct segment **g,
+		    struct seg_item **it)
+{
+	if (idx < 0)
+		return 0;
+	int rc = seg_get(s, batch, idx / SEG_ITEMS, g);
+	if (rc <= 0)
+		return rc;
+	if (idx % SEG_ITEMS >= (*g)->n)
+		return 0;
+	*it = &(*g)->it[idx % SEG_ITEMS];
+	return 1;
+}
+
+/* Drops the cached segments of batch (retention deletes its rows). */
+void store_forget(struct store *s, int64_t batch)
+{
+	for (int i = 0; i < s->nsegs; i++)
+		if (s->segs[i]->batch == batch) {
+			s->segs[i]->batch = -1;
+			s->segs[i]->dirty = 0;
+		}
+	s->last_seg = NULL;
+	if (s->rg.batch == batch)
+		s->rg.batch = -1;
+	for (int i = 0; i < s->ncursors; i++)
+		if (s->cursors[i].batch == batch)
+			s->cursors[i].batch = 0;
+}
+
+/* ---- claim positions ---- */
+
+static struct cursor *cursor_find(struct store *s, int64_t batch)
+{
+	for (int i = 0; i < s->ncursors; i++)
+		if (s->cursors[i].batch == batch)
+			return &s->cursors[i];
+	return NULL;
+}
+
+static void cursor_set(struct store *s, int64_t batch, int64_t idx)
+{
+	struct cursor *c = cursor_find(s, batch);
+	if (!c) {
+		if (s->ncursors < NCURSORS)
+			c = &s->cursors[s->ncursors++];
+		else /* the oldest goes */
+			c = &s->cursors[s->next_cursor++ % NCURSORS];
+		c->batch = batch;
+	}
+	c->idx = idx;
+}
+
+/* An item of batch became pending again. */
+static void cursor_lower(struct store *s, int64_t batch, int64_t idx)
+{
+	struct cursor *c = cursor_find(s, batch);
+	if (c && idx < c->idx)
+		c->idx = idx;
+}
+
+/* ---- outcomes ---- */
+
+/* Appends f (its done_seq set) to its batch's group, writing the group first
+ * if it is full. 0 / -1. */
+static int outcome_add(struct store *s, int64_t batch, const struct future *f)
+{
+	struct group *gr = NULL;
+	for (size_t i = s->ngroups; i-- > 0;)
+		if (s->groups[i].batch == batch) {
+			gr = &s->groups[i];
+			break;
+		}
+	if (!gr) {
+		if (s->ngroups == s->capgroups) {
+			s->capgroups = s->capgroups ? s->capgroups * 2 : 16;
+			s->groups = realloc(s->groups, s->capgroups * sizeof *s->groups);
+			if (!s->groups)
+				abort();
+		}
+		gr = &s->groups[s->ngroups++];
+		*gr = (struct group){.batch = batch};
+	}
+	size_t text = f->result_len + (f->error ? strlen(f->error) : 0);
+	if (gr->n == GROUP_RECS || (gr->n > 0 && gr->recs.len + text + 64 > GROUP_BYTES))
+		if (group_write(s, gr) < 0)
+			return -1;
+	segfmt_put_outcome(&gr->recs, f);
+	gr->n++;
+	gr->last_seq = f->done_seq;
+	return 0;
+}
+
+/* Moves a running (or, for cancels, pending) item to done state `to`, with
+ * the next completion cursor. 1 done, 0 if it was not in state `from`, -1. */
+static int item_finish(struct store *s, int64_t batch, int64_t idx, enum fstate from, enum fstate to,
+		       enum ferr type, const char *text, size_t len, int64_t started_ms, int64_t now_ms)
+{
+	struct segment *g;
+	struct seg_item *it;
+	if (begin(s) < 0)
+		return -1;
+	int rc = item_get(s, batch, idx, &g, &it);
+	if (rc <= 0 || it->state != from)
+		return rc < 0 ? -1 : 0;
+	g->dirty = 1;
+	it->state = (uint8_t)to;
+	it->done_seq = ++s->done_seq;
+	if (started_ms >= 0)
+		it->started_ms = started_ms;
+	struct future f = {.index = idx, .state = to, .error_type = type, .attempts = it->attempts,
+			   .worker = it->worker, .started_ms = it->started_ms, .finished_ms = now_ms,
+			   .done_seq = it->done_seq};
+	if (to == FS_FINISHED) {
+		f.result = text;
+		f.result_len = len;
+	} else if (to == FS_FAILED) {
+		f.error = text;
+	}
+	if (outcome_add(s, batch, &f) < 0)
+		return -1;
+	s->now_ms = now_ms;
+	move_count(s, batch, from, to, 1);
+	return 1;
+}
+
+int store_finish(struct store *s, int64_t batch, int64_t idx, const char *result, size_t len,
+		 int64_t started_ms, int64_t now_ms)
+{
+	int rc = item_finish(s, batch, idx, FS_RUNNING, FS_FINISHED, FE_NONE, result, len, started_ms,
+			     now_ms);
+	return rc < 0 ? -1 : 0;
+}
+
+int store_fail(struct store *s, int64_t batch, int64_t idx, enum ferr type, const char *msg,
+	       int64_t started_ms, int64_t now_ms)
+{
+	int rc = item_finish(s, batch, idx, FS_RUNNING, FS_FAILED, type, msg ? msg : "", 0, started_ms,
+			     now_ms);
+	return rc < 0 ? -1 : 0;
+}
+
+int store_cancel_one(struct store *s, int64_t batch, int64_t idx, int64_t now_ms)
+{
+	return item_finish(s, batch, idx, FS_PENDING, FS_CANCELLED, FE_NONE, NULL, 0, -1, now_ms);
+}
+
+int store_cancel_running(struct store *s, int64_t batch, int64_t idx, int64_t now_ms)
+{
+	return item_finish(s, batch, idx, FS_RUNNING, FS_CANCELLED, FE_NONE, NULL, 0, -1, now_ms);
+}
+
+int store_cancel_pending(struct store *s, int64_t batch, int64_t size, int64_t now_ms)
+{
+	if (begin(s) < 0)
+		return -1;
+	/* Each cancelled future gets its own completion cursor, base + idx. */
+	int64_t base = s->done_seq + 1, n = 0;
+	struct cursor *c = cursor_find(s, batch);
+	for (int64_t seg = c ? c->idx / SEG_ITEMS : 0;; seg++) {
+		struct segment *g;
+		int rc = seg_get(s, batch, seg, &g);
+		if (rc < 0)
+			return -1;
+		if (rc == 0)
+			break;
+		for (int k = 0; k < g->n; k++) {
+			struct seg_item *it = &g->it[k];
+			if (it->state != FS_PENDING)
+				continue;
+			g->dirty = 1;
+			it->state = FS_CANCELLED;
+			it->done_seq = base + seg * SEG_ITEMS + k;
+			struct future f = {.index = seg * SEG_ITEMS + k, .state = FS_CANCELLED,
+					   .attempts = it->attempts, .started_ms = -1,
+					   .finished_ms = now_ms, .done_seq = it->done_seq};
+			if (outcome_add(s, batch, &f) < 0)
+				return -1;
+			n++;
+		}
+	}
+	if (n > 0) {
+		s->done_seq = base + size; /* past every cursor just given */
+		s->now_ms = now_ms;
+		move_count(s, batch, FS_PENDING, FS_CANCELLED, n);
+	}
+	return (int)(n > INT32_MAX ? INT32_MAX : n);
+}
+
+/* Running -> pending, the attempt given back or kept. */
+static void to_pending(struct store *s, int64_t batch, int64_t idx, struct seg_item *it, int give_back)
+{
+	it->state = FS_PENDING;
+	if (give_back && it->attempts > 0)
+		it->attempts--;
+	it->worker = 0;
+	it->started_ms = -1;
+	cursor_lower(s, batch, idx);
+	move_count(s, batch, FS_RUNNING, FS_PENDING, 1);
+}
+
+int store_requeue(struct store *s, int64_t batch, int64_t idx)
+{
+	struct segment *g;
+	struct seg_item *it;
+	if (begin(s) < 0)
+		return -1;
+	int rc = item_get(s, batch, idx, &g, &it);
+	if (rc <= 0 || it->state != FS_RUNNING)
+		return rc < 0 ? -1 : 0;
+	g->dirty = 1;
+	to_pending(s, batch, idx, it, 1);
+	return 0;
+}
+
+int store_retry(struct store *s, int64_t batch, int64_t idx, int64_t retries)
+{
+	struct segment *g;
+	struct seg_item *it;
+	if (begin(s) < 0)
+		return -1;
+	int rc = item_get(s, batch, idx, &g, &it);
+	if (rc <= 0 || it->state != FS_RUNNING || it->attempts > retries)
+		return rc < 0 ? -1 : 0;
+	g->dirty = 1;
+	to_pending(s, batch, idx, it, 0);
+	return 1;
+}
+
+static void take(struct segment *g, int k, int64_t pid, int64_t now_ms)
+{
+	struct seg_item *it = &g->it[k];
+	g->dirty = 1;
+	it->state = FS_RUNNING;
+	it->attempts++;
+	it->worker = pid;
+	it->started_ms = now_ms;
+}
+
+int store_claim(struct store *s, int64_t batch, int64_t max, int64_t pid, int64_t now_ms,
+		int64_t *idx, struct buf *args)
+{
+	if (begin(s) < 0)
+		return -1;
+	struct cursor *c = cursor_find(s, batch);
+	int64_t pos = c ? c->idx : 0, n = 0;
+	sqlite3_stmt *st = s->st[S_GET_ARGS];
+	while (n < max) {
+		struct segment *g;
+		int64_t seg = pos / SEG_ITEMS;
+		int rc = seg_get(s, batch, seg, &g);
+		if (rc < 0)
+			return -1;
+		if (rc == 0)
+			break;
+		/* The arguments are read only if the segment has a pending item. */
+		const char *line = NULL, *end = NULL;
+		int at = 0; /* the index in the segment that line is at */
+		int k = (int)(pos % SEG_ITEMS);
+		for (; k < g->n && n < max; k++) {
+			if (g->it[k].state != FS_PENDING)
+				continue;
+			if (!line) {
+				sqlite3_bind_int64(st, 1, batch);
+				sqlite3_bind_int64(st, 2, seg);
+				if (sqlite3_step(st) != SQLITE_ROW) {
+					sqlite3_reset(st);
+					return db_fail(s, "claim_args");
+				}
+				line = sqlite3_column_blob(st, 0);
+				end = line + sqlite3_column_bytes(st, 0);
+			}
+			for (; at < k && line < end; at++) {
+				const char *nl = memchr(line, '\n', (size_t)(end - line));
+				line = nl ? nl + 1 : end;
+			}
+			const char *nl = line < end ? memchr(line, '\n', (size_t)(end - line)) : NULL;
+			if (!nl) {
+				sqlite3_reset(st);
+				snprintf(s->last_error, sizeof s->last_error,
+					 "the arguments of batch %lld are unreadable", (long long)batch);
+				log_error("db_corrupt", "batch=%lld seg=%lld msg=\"unreadable arguments\"",
+					  (long long)batch, (long long)seg);
+				return -1;
+			}
+			buf_add(args, line, (size_t)(nl + 1 - line));
+			take(g, k, pid, now_ms);
+			idx[n++] = seg * SEG_ITEMS + k;
+		}
+		if (line)
+			sqlite3_reset(st);
+		pos = seg * SEG_ITEMS + k;
+		if (k < g->n || g->n < SEG_ITEMS)
+			break; /* max taken, or the batch's last segment */
+	}
+	cursor_set(s, batch, pos);
+	if (n == 0)
+		return 0;
+	s->now_ms = now_ms;
+	move_count(s, batch, FS_PENDING, FS_RUNNING, n);
+	return (int)n;
+}
+
+int store_claim_range(struct store *s, int64_t batch, int64_t first, int64_t last, int64_t pid,
+		      int64_t now_ms)
+{
+	if (begin(s) < 0)
+		return -1;
+	int n = 0;
+	for (int64_t i = first; i <= last; i++) {
+		struct segment *g;
+		struct seg_item *it;
+		int rc = item_get(s, batch, i, &g, &it);
+		if (rc < 0)
+			return -1;
+		if (rc == 0)
+			break;
+		if (it->state == FS_PENDING) {
+			take(g, (int)(i % SEG_ITEMS), pid, now_ms);
+			n++;
+		}
+	}
+	s->now_ms = now_ms;
+	move_count(s, batch, FS_PENDING, FS_RUNNING, n);
+	return n;
+}
+
+/* ---- reading futures ---- */
+
+/* The future of a segment's item that is not done. */
+static void open_future(const struct seg_item *it, int64_t idx, struct future *f)
+{
+	*f = (struct future){.index = idx, .state = (enum fstate)it->state, .attempts = it->attempts,
+			     .worker = it->worker, .started_ms = it->started_ms, .finished_ms = -1};
+}
+
+/* Decodes the group of batch holding cursor seq into s->rg. 1, 0 (none), -1. */
+static int rg_load(struct store *s, int64_t batch, int64_t seq)
+{
+	sqlite3_stmt *st = s->st[S_GROUP_AT];
+	sqlite3_bind_int64(st, 1, batch);
+	sqlite3_bind_int64(st, 2, seq);
+	int rc = sqlite3_step(st);
+	s->rg.batch = -1;
+	if (rc == SQLITE_ROW) {
+		buf_reset(&s->rg.blob);
+		buf_add(&s->rg.blob, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+	}
+	sqlite3_reset(st);
+	if (rc == SQLITE_DONE)
+		return 0;
+	if (rc != SQLITE_ROW)
+		return db_fail(s, "outcomes");
+	const unsigned char *p = (const unsigned char *)s->rg.blob.data, *end = p + s->rg.blob.len;
+	s->rg.n = 0;
+	while (p < end) {
+		if (s->rg.n == s->rg.cap) {
+			s->rg.cap = s->rg.cap ? s->rg.cap * 2 : 64;
+			s->rg.f = realloc(s->rg.f, (size_t)s->rg.cap * sizeof *s->rg.f);
+			if (!s->rg.f)
+				abort();
+		}
+		if (segfmt_get_outcome(&p, end, &s->rg.f[s->rg.n]) < 0) {
+			log_error("db_corrupt", "batch=%lld seq=%lld msg=\"unreadable outcomes\"",
+				  (long long)batch, (long long)seq);
+			return -1;
+		}
+		s->rg.n++;
+	}
+	s->rg.batch = batch;
+	return 1;
+}
+
+/* The outcome with cursor seq of batch, or NULL (then *err says if that is
+ * an error). Valid until the next call. */
+static const struct future *outcome_at(struct store *s, int64_t batch, int64_t seq, int *err)
+{
+	*err = 0;
+	for (int pass = 0; pass < 2; pass++) {
+		if (s->rg.batch == batch && s->rg.n > 0 && seq >= s->rg.f[0].done_seq &&
+		    seq <= s->rg.f[s->rg.n - 1].done_seq) {
+			int lo = 0, hi = s->rg.n - 1;
+			while (lo < hi) {
+				int mid = (lo + hi) / 2;
+				if (s->rg.f[mid].done_seq < seq)
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			return s->rg.f[lo].done_seq == seq ? &s->rg.f[lo] : NULL;
+		}
+		if (pass == 0) {
+			int rc = rg_load(s, batch, seq);
+			if (rc <= 0) {
+				*err = rc < 0;
+				return NULL;
+			}
+		}
+	}
+	return NULL;
+}
+
+/* Calls fn for the item: its outcome if done. 0, or -1 on error. */
+static int emit(struct store *s, int64_t batch, int64_t idx, const struct seg_item *it,
+		void (*fn)(void *, const struct future *), void *arg)
+{
+	struct future f;
+	if (it->state >= FS_FINISHED) {
+		int err;
+		const struct future *o = outcome_at(s, batch, it->done_seq, &err);
+		if (!o) {
+			if (!err)
+				log_error("db_corrupt", "batch=%lld idx=%lld seq=%lld msg=\"outcome missing\"",
+					  (long long)batch, (long long)idx, (long long)it->done_seq);
+			return -1;
+		}
+		fn(arg, o);
+		return 0;
+	}
+	open_future(it, idx, &f);
+	fn(arg, &f);
+	return 0;
+}
+
+int store_future_get(struct store *s, int64_t batch, int64_t idx,
+		     void (*fn)(void *arg, const struct future *f), void *arg)
+{
+	struct segment *g;
+	struct seg_item *it;
+	if (flush_groups(s) < 0)
+		return -1;
+	int rc = item_get(s, batch, idx, &g, &it);
+	if (rc <= 0)
+		return rc;
+	return emit(s, batch, idx, it, fn, arg) < 0 ? -1 : 1;
+}
+
+/* Submission order: the items after `after`. */
+static int futures_by_index(struct store *s, int64_t batch, int64_t after, int64_t limit,
+			    void (*fn)(void *, const struct future *), void *arg)
+{
+	int64_t n = 0;
+	for (int64_t i = after < 0 ? 0 : after + 1; limit < 0 || n < limit;) {
+		struct segment *g;
+		int rc = seg_get(s, batch, i / SEG_ITEMS, &g);
+		if (rc < 0)
+			return -1;
+		if (rc == 0)
+			break;
+		int k = (int)(i % SEG_ITEMS);
+		if (k >= g->n)
+			break;
+		for (; k < g->n && (limit < 0 || n < limit); k++, i++, n++) {
+			/* fn may not touch the store; g stays put meanwhile. */
+			if (emit(s, batch, i, &g->it[k], fn, arg) < 0)
+				return -1;
+		}
+		if (k < g->n)
+			break;
+	}
+	return (int)n;
+}
+
+/* Completion order: outcomes with cursors in (after, committed]. */
+static int futures_by_done(struct store *s, int64_t batch, int64_t after, int64_t limit,
+			   void (*fn)(void *, const struct future *), void *arg)
+{
+	sqlite3_stmt *st = s->st[S_GROUPS_AFTER];
+	sqlite3_bind_int64(st, 1, batch);
+	sqlite3_bind_int64(st, 2, after);
+	int64_t n = 0;
+	int rc = SQLITE_DONE, stop = 0;
+	while (!stop && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const unsigned char *p = sqlite3_column_blob(st, 0);
+		const unsigned char *end = p + sqlite3_column_bytes(st, 0);
+		struct future f;
+		while (p < end) {
+			if (segfmt_get_outcome(&p, end, &f) < 0) {
+				sqlite3_reset(st);
+				log_error("db_corrupt", "batch=%lld msg=\"unreadable outcomes\"", (long long)batch);
+				return -1;
+			}
+			if (f.done_seq <= after)
+				continue;
+			if (f.done_seq > s->done_seq_committed || (limit >= 0 && n >= limit)) {
+				stop = 1;
+				break;
+			}
+			fn(arg, &f);
+			n++;
+		}
+	}
+	if (!stop && rc != SQLITE_DONE) {
+		sqlite3_reset(st);
+		return db_fail(s, "futures");
+	}
+	sqlite3_reset(st);
+	return (int)n;
+}
+
+int store_futures(struct store *s, int64_t batch, int completed, int64_t after, int64_t limit,
+		  void (*fn)(void *arg, const struct future *f), void *arg)
+{
+	if (flush_groups(s) < 0)
+		return -1;
+	if (completed)
+		return futures_by_done(s, batch, after < 0 ? 0 : after, limit, fn, arg);
+	return futures_by_index(s, batch, after, limit, fn, arg);
+}
+
+/* ---- storing a new batch's items ---- */
+
+static struct builder *builder_for(struct store *s, int64_t batch)
+{
+	for (size_t i = 0; i < s->nbuilders; i++)
+		if (s->builders[i].batch == batch)
+			return &s->builders[i];
+	if (s->nbuilders == s->capbuilders) {
+		s->capbuilders = s->capbuilders ? s->capbuilders * 2 : 8;
+		s->builders = realloc(s->builders, s->capbuilders * sizeof *s->builders);
+		if (!s->builders)
+			abort();
+	}
+	struct builder *bl = &s->builders[s->nbuilders++];
+	*bl = (struct builder){.batch = batch};
+	return bl;
+}
+
+static void builder_drop(struct store *s, int64_t batch)
+{
+	for (size_t i = 0; i < s->nbuilders; i++)
+		if (s->builders[i].batch == batch) {
+			buf_free(&s->builders[i].args);
+			s->builders[i] = s->builders[--s->nbuilders];
+			return;
+		}
+}
+
+/* Writes the builder's segment (its items pending). */
+static int builder_write(struct store *s, struct builder *bl)
+{
+	if (bl->n == 0)
+		return 0;
+	int64_t seg = (bl->next - 1) / SEG_ITEMS;
+	static const struct seg_item pending[SEG_ITEMS] = {[0 ... SEG_ITEMS - 1] = {.started_ms = -1}};
+	buf_reset(&s->scratch);
+	segfmt_put_items(&s->scratch, pending, bl->n);
+	sqlite3_stmt *st = s->st[S_INS_SEG];
+	sqlite3_bind_int64(st, 1, bl->batch);
+	sqlite3_bind_int64(st, 2, seg);
+	sqlite3_bind_blob(st, 3, s->scratch.data, (int)s->scratch.len, SQLITE_STATIC);
+	if (run(s, S_INS_SEG) < 0)
+		return -1;
+	st = s->st[S_INS_ARGS];
+	sqlite3_bind_int64(st, 1, bl->batch);
+	sqlite3_bind_int64(st, 2, seg);
+	sqlite3_bind_blob(st, 3, bl->args.data, (int)bl->args.len, SQLITE_STATIC);
+	if (run(s, S_INS_ARGS) < 0)
+		return -1;
+	bl->n = 0;
+	buf_reset(&bl->args);
+	return 0;
+}
+
+static int add_item(struct store *s, int64_t batch, int64_t idx, const char *args, size_t len)
+{
+	struct builder *bl = builder_for(s, batch);
+	if (idx != bl->next || memchr(args, '\n', len)) {
+		log_error("store_item", "batch=%lld idx=%lld msg=\"items must come in order, one line each\"",
+			  (long long)batch, (long long)idx);
+		return -1;
+	}
+	buf_add(&bl->args, args, len);
+	buf_addc(&bl->args, '\n');
+	bl->n++;
+	bl->next++;
+	return bl->n == SEG_ITEMS ? builder_write(s, bl) : 0;
+}
 
 static int mkdirs_for(const char *path)
 {
@@ -448,7 +1214,10 @@ static int migrate(struct store *s)
 		snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
 		if (exec(s, "BEGIN IMMEDIATE") < 0)
 			return -1;
-		if (exec(s, schema_migrations[v]) < 0 || exec(s, pragma) < 0) {
+		/* Version 3 stores futures by segments: the rows of version
+		 * 2's futures table are converted in the same transaction. */
+		if (exec(s, schema_migrations[v]) < 0 ||
+		    (v + 1 == 3 && convert_v2_futures(s->db) < 0) || exec(s, pragma) < 0) {
 			exec(s, "ROLLBACK");
 			return -1;
 		}
@@ -460,49 +1229,87 @@ static int migrate(struct store *s)
 }
 
 /* Items that were running when the previous process stopped run again. */
+/* Items that were running when the previous process stopped run again. A
+ * claim counts an attempt for the whole chunk, but a worker runs its chunk
+ * in index order: of a worker's running items only the first had started
+ * (or had run, its result not yet committed). The others give their attempt
+ * back, so attempts counts runs, not dispatches. */
+static int recover_batch(struct store *s, int64_t batch, int64_t *requeued)
+{
+	int64_t *workers = NULL; /* those whose first running item was seen */
+	size_t nw = 0, capw = 0;
+	int rc = 0;
+	for (int64_t seg = 0; rc == 0; seg++) {
+		struct segment *g;
+		int got = seg_get(s, batch, seg, &g);
+		if (got <= 0) {
+			rc = got;
+			break;
+		}
+		for (int k = 0; k < g->n; k++) {
+			struct seg_item *it = &g->it[k];
+			if (it->state != FS_RUNNING)
+				continue;
+			size_t w = 0;
+			while (w < nw && workers[w] != it->worker)
+				w++;
+			int first = w == nw;
+			if (first) {
+				if (nw == capw) {
+					capw = capw ? capw * 2 : 8;
+					workers = realloc(workers, capw * sizeof *workers);
+					if (!workers)
+						abort();
+				}
+				workers[nw++] = it->worker;
+			}
+			g->dirty = 1;
+			to_pending(s, batch, seg * SEG_ITEMS + k, it, !first);
+			(*requeued)++;
+		}
+	}
+	free(workers);
+	return rc;
+}
+
 static int recover(struct store *s)
 {
 	int64_t n = 0;
-	if (exec(s, "BEGIN IMMEDIATE") < 0)
+	if (begin(s) < 0)
 		return -1;
-	sqlite3_stmt *ids, *upd;
+	sqlite3_stmt *ids;
 	if (sqlite3_prepare_v2(s->db, "SELECT id FROM batches WHERE n_running > 0", -1, &ids, NULL) !=
 	    SQLITE_OK)
 		return db_fail(s, "recover");
-	/* A claim counts an attempt for the whole chunk, but a worker runs its
-	 * chunk in index order: of a worker's running items only the first
-	 * had started (or had run, its result not yet committed). The others
-	 * give their attempt back, so attempts counts runs, not dispatches. */
-	static const char requeue[] =
-	    "WITH firsts AS (SELECT min(idx) AS idx FROM futures WHERE batch_id = ?1 AND state = 1"
-	    " GROUP BY worker)"
-	    " UPDATE futures SET state = 0, attempts = attempts - (idx NOT IN (SELECT idx FROM firsts))"
-	    " WHERE batch_id = ?1 AND state = 1";
-	if (sqlite3_prepare_v2(s->db, requeue, -1, &upd, NULL) != SQLITE_OK) {
-		sqlite3_finalize(ids);
-		return db_fail(s, "recover");
-	}
-	int rc = 0;
-	while (rc == 0 && sqlite3_step(ids) == SQLITE_ROW) {
-		sqlite3_bind_int64(upd, 1, sqlite3_column_int64(ids, 0));
-		if (sqlite3_step(upd) != SQLITE_DONE)
-			rc = db_fail(s, "recover");
-		n += sqlite3_changes(s->db);
-		sqlite3_reset(upd);
+	int64_t *list = NULL;
+	size_t nlist = 0, cap = 0;
+	while (sqlite3_step(ids) == SQLITE_ROW) {
+		if (nlist == cap) {
+			cap = cap ? cap * 2 : 16;
+			list = realloc(list, cap * sizeof *list);
+			if (!list)
+				abort();
+		}
+		list[nlist++] = sqlite3_column_int64(ids, 0);
 	}
 	sqlite3_finalize(ids);
-	sqlite3_finalize(upd);
+	int rc = 0;
+	for (size_t i = 0; rc == 0 && i < nlist; i++)
+		rc = recover_batch(s, list[i], &n);
+	free(list);
+	/* Uploads cut short by the stop were never accepted. */
 	if (rc == 0)
-		rc = exec(s, "UPDATE batches SET n_pending = n_pending + n_running, n_running = 0"
-			     " WHERE n_running > 0");
-	/* Uploads cut short by the crash were never accepted. */
-	if (rc == 0)
-		rc = exec(s, "DELETE FROM futures WHERE batch_id IN (SELECT id FROM batches WHERE size < 0);"
+		rc = exec(s, "DELETE FROM segments WHERE batch_id IN (SELECT id FROM batches WHERE size < 0);"
+			     "DELETE FROM seg_args WHERE batch_id IN (SELECT id FROM batches WHERE size < 0);"
 			     "DELETE FROM batches WHERE size < 0");
-	if (rc < 0 || exec(s, "COMMIT") < 0) {
+	if (rc < 0) {
 		exec(s, "ROLLBACK");
+		s->in_txn = 0;
+		drop_memory(s);
 		return -1;
 	}
+	if (store_commit(s) < 0)
+		return -1;
 	if (n > 0)
 		log_info("recover", "requeued=%lld", (long long)n);
 	return 0;
@@ -544,7 +1351,7 @@ struct store *store_open(const char *path, int sync_full)
 	}
 	if (exec(s, sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL") < 0 ||
 	    exec(s, "PRAGMA cache_size = -32768") < 0 || exec(s, "PRAGMA temp_store = MEMORY") < 0 ||
-	    migrate(s) < 0 || recover(s) < 0 || ckpt_start(s, path) < 0)
+	    migrate(s) < 0)
 		goto fail;
 	/* What SQLite really does, read back (a 201 relies on it). */
 	int sync = -1;
@@ -565,6 +1372,8 @@ struct store *store_open(const char *path, int sync_full)
 	    sqlite3_step(st) == SQLITE_ROW)
 		s->done_seq = s->done_seq_saved = s->done_seq_committed = sqlite3_column_int64(st, 0);
 	sqlite3_finalize(st);
+	if (recover(s) < 0 || ckpt_start(s, path) < 0)
+		goto fail;
 	return s;
 fail:
 	store_close(s);
@@ -585,6 +1394,17 @@ void store_close(struct store *s)
 		sqlite3_close(s->db);
 	}
 	free(s->deltas);
+	for (int i = 0; i < s->nsegs; i++)
+		free(s->segs[i]);
+	for (size_t i = 0; i < s->ngroups; i++)
+		buf_free(&s->groups[i].recs);
+	free(s->groups);
+	for (size_t i = 0; i < s->nbuilders; i++)
+		buf_free(&s->builders[i].args);
+	free(s->builders);
+	buf_free(&s->scratch);
+	buf_free(&s->rg.blob);
+	free(s->rg.f);
 	free(s);
 }
 
@@ -604,26 +1424,34 @@ int store_batch_begin(struct store *s, struct batch *b)
 		store_batch_end(s, 0);
 		return -1;
 	}
-	b->id = sqlite3_last_insert_rowid(s->db);
+	b->id = s->submitting = sqlite3_last_insert_rowid(s->db);
 	return 0;
 }
 
 int store_batch_item(struct store *s, int64_t batch, int64_t idx, const char *args, size_t len)
 {
-	sqlite3_stmt *st = s->st[S_INS_FUTURE];
-	sqlite3_bind_int64(st, 1, batch);
-	sqlite3_bind_int64(st, 2, idx);
-	sqlite3_bind_text(st, 3, args, (int)len, SQLITE_STATIC);
-	return run(s, S_INS_FUTURE);
+	return add_item(s, batch, idx, args, len);
 }
 
 int store_batch_end(struct store *s, int ok)
 {
-	if (!ok)
+	int failed = 0;
+	for (size_t i = 0; i < s->nbuilders; i++) {
+		struct builder *bl = &s->builders[i];
+		if (bl->batch != s->submitting)
+			continue;
+		if (ok && builder_write(s, bl) < 0)
+			ok = 0, failed = 1;
+		builder_drop(s, bl->batch);
+		break;
+	}
+	s->submitting = 0;
+	if (!ok) {
 		bcache_drop(s);
-	if (!ok && run(s, S_SP_UNDO) < 0)
-		return -1;
-	return run(s, S_SP_RELEASE);
+		if (run(s, S_SP_UNDO) < 0)
+			return -1;
+	}
+	return run(s, S_SP_RELEASE) < 0 || failed ? -1 : 0;
 }
 
 static void read_batch(sqlite3_stmt *st, struct batch *b)
@@ -705,203 +1533,8 @@ int store_pending_batches(struct store *s, int64_t **ids, size_t *n)
 	return rc == SQLITE_DONE ? 0 : db_fail(s, "pending_batches");
 }
 
-static void read_future(sqlite3_stmt *st, struct future *f)
-{
-	f->index = sqlite3_column_int64(st, 0);
-	f->state = (enum fstate)sqlite3_column_int(st, 1);
-	f->result = (const char *)sqlite3_column_text(st, 2);
-	f->result_len = (size_t)sqlite3_column_bytes(st, 2);
-	f->error_type = (enum ferr)sqlite3_column_int(st, 3);
-	f->error = (const char *)sqlite3_column_text(st, 4);
-	f->attempts = sqlite3_column_int64(st, 5);
-	f->worker = sqlite3_column_int64(st, 6);
-	f->started_ms = sqlite3_column_type(st, 7) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 7);
-	f->finished_ms = sqlite3_column_type(st, 8) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 8);
-	f->done_seq = sqlite3_column_int64(st, 9);
-}
 
-static int each_future(struct store *s, sqlite3_stmt *st, void (*fn)(void *, const struct future *),
-		       void *arg)
-{
-	int n = 0, rc;
-	struct future f;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		read_future(st, &f);
-		fn(arg, &f);
-		n++;
-	}
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? n : db_fail(s, "futures");
-}
-
-int store_future_get(struct store *s, int64_t batch, int64_t idx,
-		     void (*fn)(void *arg, const struct future *f), void *arg)
-{
-	sqlite3_stmt *st = s->st[S_GET_FUTURE];
-	sqlite3_bind_int64(st, 1, batch);
-	sqlite3_bind_int64(st, 2, idx);
-	return each_future(s, st, fn, arg);
-}
-
-int store_futures(struct store *s, int64_t batch, int completed, int64_t after, int64_t limit,
-		  void (*fn)(void *arg, const struct future *f), void *arg)
-{
-	sqlite3_stmt *st = s->st[completed ? S_FUTURES_BY_DONE : S_FUTURES_BY_IDX];
-	sqlite3_bind_int64(st, 1, batch);
-	sqlite3_bind_int64(st, 2, completed && after < 0 ? 0 : after);
-	sqlite3_bind_int64(st, 3, limit);
-	if (completed)
-		sqlite3_bind_int64(st, 4, s->done_seq_committed);
-	return each_future(s, st, fn, arg);
-}
-
-int store_claim(struct store *s, int64_t batch, int64_t max, int64_t pid, int64_t now_ms,
-		int64_t *idx, struct buf *args)
-{
-	if (begin(s) < 0)
-		return -1;
-	sqlite3_stmt *st = s->st[S_CLAIM_SEL];
-	sqlite3_bind_int64(st, 1, batch);
-	sqlite3_bind_int64(st, 2, max);
-	int64_t n = 0;
-	int rc;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		idx[n++] = sqlite3_column_int64(st, 0);
-		buf_add(args, sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1));
-		buf_addc(args, '\n');
-	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
-		return db_fail(s, "claim");
-	if (n == 0)
-		return 0;
-	st = s->st[S_CLAIM_UPD];
-	sqlite3_bind_int64(st, 1, pid);
-	sqlite3_bind_int64(st, 2, now_ms);
-	sqlite3_bind_int64(st, 3, batch);
-	sqlite3_bind_int64(st, 4, idx[0]);
-	sqlite3_bind_int64(st, 5, idx[n - 1]);
-	if (run(s, S_CLAIM_UPD) < 0)
-		return -1;
-	s->now_ms = now_ms;
-	move_count(s, batch, FS_PENDING, FS_RUNNING, n);
-	return (int)n;
-}
-
-int store_finish(struct store *s, int64_t batch, int64_t idx, const char *result, size_t len,
-		 int64_t started_ms, int64_t now_ms)
-{
-	if (begin(s) < 0)
-		return -1;
-	sqlite3_stmt *st = s->st[S_FINISH];
-	sqlite3_bind_int64(st, 1, batch);
-	sqlite3_bind_int64(st, 2, idx);
-	sqlite3_bind_text(st, 3, result, (int)len, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, started_ms);
-	sqlite3_bind_int64(st, 5, now_ms);
-	sqlite3_bind_int64(st, 6, s->done_seq + 1);
-	if (run(s, S_FINISH) < 0)
-		return -1;
-	if (sqlite3_changes(s->db) == 1) {
-		s->done_seq++;
-		s->now_ms = now_ms;
-		move_count(s, batch, FS_RUNNING, FS_FINISHED, 1);
-	}
-	return 0;
-}
-
-int store_fail(struct store *s, int64_t batch, int64_t idx, enum ferr type, const char *msg,
-	       int64_t started_ms, int64_t now_ms)
-{
-	if (begin(s) < 0)
-		return -1;
-	sqlite3_stmt *st = s->st[S_FAIL];
-	sqlite3_bind_int64(st, 1, batch);
-	sqlite3_bind_int64(st, 2, idx);
-	sqlite3_bind_int(st, 3, (int)type);
-	sqlite3_bind_text(st, 4, msg, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 5, started_ms);
-	sqlite3_bind_int64(st, 6, now_ms);
-	sqlite3_bind_int64(st, 7, s->done_seq + 1);
-	if (run(s, S_FAIL) < 0)
-		return -1;
-	if (sqlite3_changes(s->db) == 1) {
-		s->done_seq++;
-		s->now_ms = now_ms;
-		move_count(s, batch, FS_RUNNING, FS_FAILED, 1);
-	}
-	return 0;
-}
-
-int store_requeue(struct store *s, int64_t batch, int64_t idx)
-{
-	if (begin(s) < 0)
-		return -1;
-	sqlite3_stmt *st = s->st[S_REQUEUE];
-	sqlite3_bind_int64(st, 1, batch);
-	sqlite3_bind_int64(st, 2, idx);
-	if (run(s, S_REQUEUE) < 0)
-		return -1;
-	if (sqlite3_changes(s->db) == 1)
-		move_count(s, batch, FS_RUNNING, FS_PENDING, 1);
-	return 0;
-}
-
-int store_cancel_pending(struct store *s, int64_t batch, int64_t size, int64_t now_ms)
-{
-	if (begin(s) < 0)
-		return -1;
-	sqlite3_stmt *st = s->st[S_CANCEL_PENDING];
-	int64_t base = s->done_seq + 1;
-	sqlite3_bind_int64(st, 1, batch);
-	sqlite3_bind_int64(st, 2, base);
-	sqlite3_bind_int64(st, 3, now_ms);
-	if (run(s, S_CANCEL_PENDING) < 0)
-		return -1;
-	int64_t n = sqlite3_changes64(s->db);
-	if (n > 0) {
-		s->done_seq = base + size; /* past every cursor just given */
-		s->now_ms = now_ms;
-		move_count(s, batch, FS_PENDING, FS_CANCELLED, n);
-	}
-	return (int)(n > INT32_MAX ? INT32_MAX : n);
-}
-
-/* Moves one future from state `from` to cancelled. 1, 0 (not in that
- * state) or -1. */
-static int cancel_one(struct store *s, enum stmt_id id, enum fstate from, int64_t batch, int64_t idx,
-		      int64_t now_ms)
-{
-	if (begin(s) < 0)
-		return -1;
-	sqlite3_stmt *st = s->st[id];
-	sqlite3_bind_int64(st, 1, batch);
-	sqlite3_bind_int64(st, 2, idx);
-	sqlite3_bind_int64(st, 3, s->done_seq + 1);
-	sqlite3_bind_int64(st, 4, now_ms);
-	if (run(s, id) < 0)
-		return -1;
-	if (sqlite3_changes(s->db) != 1)
-		return 0;
-	s->done_seq++;
-	s->now_ms = now_ms;
-	move_count(s, batch, from, FS_CANCELLED, 1);
-	return 1;
-}
-
-int store_cancel_one(struct store *s, int64_t batch, int64_t idx, int64_t now_ms)
-{
-	return cancel_one(s, S_CANCEL_ONE, FS_PENDING, batch, idx, now_ms);
-}
-
-int store_cancel_running(struct store *s, int64_t batch, int64_t idx, int64_t now_ms)
-{
-	return cancel_one(s, S_CANCEL_RUNNING, FS_RUNNING, batch, idx, now_ms);
-}
-
-struct sqlite3 *store_sqlite(struct store *s) { return s ? s->db : NULL; }
-
-/* ---- retries and idempotency keys (rare: prepared per call) ---- */
+/* ---- idempotency keys (rare: prepared per call) ---- */
 
 /* Prepares q, binds nothing; NULL on error (logged). */
 static sqlite3_stmt *prepare(struct store *s, const char *q)
@@ -912,27 +1545,6 @@ static sqlite3_stmt *prepare(struct store *s, const char *q)
 		return NULL;
 	}
 	return st;
-}
-
-int store_retry(struct store *s, int64_t batch, int64_t idx, int64_t retries)
-{
-	if (begin(s) < 0)
-		return -1;
-	sqlite3_stmt *st = prepare(s, "UPDATE futures SET state = 0, worker = NULL, started_at = NULL"
-				      " WHERE batch_id = ?1 AND idx = ?2 AND state = 1 AND attempts <= ?3");
-	if (!st)
-		return -1;
-	sqlite3_bind_int64(st, 1, batch);
-	sqlite3_bind_int64(st, 2, idx);
-	sqlite3_bind_int64(st, 3, retries);
-	int rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	if (rc != SQLITE_DONE)
-		return db_fail(s, "retry");
-	if (sqlite3_changes(s->db) != 1)
-		return 0;
-	move_count(s, batch, FS_RUNNING, FS_PENDING, 1);
-	return 1;
 }
 
 int store_idem_get(struct store *s, const char *key, const unsigned char hash[32], int64_t *batch)
@@ -973,24 +1585,6 @@ int store_idem_put(struct store *s, const char *key, const unsigned char hash[32
 
 const char *store_error(const struct store *s) { return s->last_error[0] ? s->last_error : "unknown error"; }
 
-int store_claim_range(struct store *s, int64_t batch, int64_t first, int64_t last, int64_t pid,
-		      int64_t now_ms)
-{
-	if (begin(s) < 0)
-		return -1;
-	sqlite3_stmt *st = s->st[S_CLAIM_UPD];
-	sqlite3_bind_int64(st, 1, pid);
-	sqlite3_bind_int64(st, 2, now_ms);
-	sqlite3_bind_int64(st, 3, batch);
-	sqlite3_bind_int64(st, 4, first);
-	sqlite3_bind_int64(st, 5, last);
-	if (run(s, S_CLAIM_UPD) < 0)
-		return -1;
-	int n = sqlite3_changes(s->db);
-	s->now_ms = now_ms;
-	move_count(s, batch, FS_PENDING, FS_RUNNING, n);
-	return n;
-}
 
 /* ---- NDJSON uploads: stored as they arrive, sealed or removed at the end ---- */
 
@@ -999,6 +1593,7 @@ int store_upload_begin(struct store *s, struct batch *b)
 	b->size = -1;
 	if (store_batch_begin(s, b) < 0)
 		return -1;
+	s->submitting = 0; /* its items come later, over several turns */
 	return store_batch_end(s, 1);
 }
 
@@ -1006,11 +1601,12 @@ int store_upload_item(struct store *s, int64_t batch, int64_t idx, const char *a
 {
 	if (begin(s) < 0)
 		return -1;
-	return store_batch_item(s, batch, idx, args, len);
+	return add_item(s, batch, idx, args, len);
 }
 
-/* Runs a one-off statement with up to three integer parameters. */
-static int run_once(struct store *s, const char *q, int64_t a, int64_t b, int64_t c)
+/* Runs a one-off statement with up to three integer parameters; returns the
+ * rows it changed, or -1. */
+static int64_t run_once(struct store *s, const char *q, int64_t a, int64_t b, int64_t c)
 {
 	sqlite3_stmt *st;
 	if (begin(s) < 0)
@@ -1021,20 +1617,42 @@ static int run_once(struct store *s, const char *q, int64_t a, int64_t b, int64_
 	sqlite3_bind_int64(st, 2, b);
 	sqlite3_bind_int64(st, 3, c);
 	int rc = sqlite3_step(st);
+	int64_t n = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : sqlite3_changes64(s->db);
 	sqlite3_finalize(st);
-	return rc == SQLITE_DONE ? 0 : db_fail(s, q);
+	return rc == SQLITE_DONE || rc == SQLITE_ROW ? n : db_fail(s, q);
 }
 
 int store_upload_seal(struct store *s, int64_t batch, int64_t size, int64_t chunksize)
 {
-	return run_once(s, "UPDATE batches SET size = ?2, chunksize = ?3, n_pending = ?2"
-			   " WHERE id = ?1 AND size < 0",
-			batch, size, chunksize);
+	struct builder *bl = builder_for(s, batch);
+	int rc = bl->next == size && begin(s) == 0 && builder_write(s, bl) == 0 ? 0 : -1;
+	builder_drop(s, batch);
+	if (rc < 0)
+		return -1;
+	/* A commit that failed during the upload took some of its rows (or
+	 * its batch row) with it: then it cannot be sealed. */
+	int64_t segs = run_once(s, "SELECT count(*) FROM seg_args WHERE batch_id = ?1", batch, 0, 0);
+	if (segs != (size + SEG_ITEMS - 1) / SEG_ITEMS) {
+		if (segs >= 0) {
+			log_error("upload_lost", "batch=%lld msg=\"rows lost to a failed commit\"", (long long)batch);
+			snprintf(s->last_error, sizeof s->last_error, "an upload lost rows to a failed commit");
+		}
+		return -1;
+	}
+	int64_t n = run_once(s, "UPDATE batches SET size = ?2, chunksize = ?3, n_pending = ?2"
+			      " WHERE id = ?1 AND size < 0",
+			   batch, size, chunksize);
+	return n == 1 ? 0 : -1;
 }
 
 int store_upload_abort(struct store *s, int64_t batch)
 {
-	if (run_once(s, "DELETE FROM futures WHERE batch_id = ?1", batch, 0, 0) < 0)
+	builder_drop(s, batch);
+	store_forget(s, batch);
+	if (run_once(s, "DELETE FROM segments WHERE batch_id = ?1", batch, 0, 0) < 0 ||
+	    run_once(s, "DELETE FROM seg_args WHERE batch_id = ?1", batch, 0, 0) < 0)
 		return -1;
-	return run_once(s, "DELETE FROM batches WHERE id = ?1 AND size < 0", batch, 0, 0);
+	return run_once(s, "DELETE FROM batches WHERE id = ?1 AND size < 0", batch, 0, 0) < 0 ? -1 : 0;
 }
+
+struct sqlite3 *store_sqlite(struct store *s) { return s ? s->db : NULL; }

@@ -131,6 +131,10 @@ int store_cancel_running(struct store *s, int64_t batch, int64_t idx, int64_t no
  * totals and sizes). Loop thread only. */
 struct sqlite3 *store_sqlite(struct store *s);
 
+/* Drops what the store holds in memory about batch: retention.c calls it
+ * after deleting the batch's rows. */
+void store_forget(struct store *s, int64_t batch);
+
 /* Retries: puts a running future whose worker died or timed out back to
  * pending if it has run at most `retries` times (attempts <= retries), its
  * attempt counted. 1 requeued, 0 not (it has had its runs: fail it), -1. */

@@ -23,6 +23,7 @@
 #include "buf.h"
 #include "client.h"
 #include "harness.h"
+#include "segfmt.h"
 
 /* {"task": task, "items": [[arg], ... n times], extra...} */
 static char *same_items(const char *task, int n, const char *arg, const char *extra)
@@ -103,6 +104,57 @@ static long long db_int(const struct server *s, const char *sql)
 	sqlite3_close(db);
 	return v;
 }
+
+/* The items the segments hold (schema/003_segments.sql), decoded from the
+ * database file: those of batch id, or every batch's if id is 0, batch by
+ * batch in index order. The first max go to it[] (it may be NULL). Returns
+ * how many there are. */
+static int64_t stored_items(const struct server *s, int64_t id, struct seg_item *it, int64_t max)
+{
+	sqlite3 *db;
+	if (sqlite3_open_v2(s->db, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+		FAILF("open %s: %s", s->db, sqlite3_errmsg(db));
+	sqlite3_busy_timeout(db, 5000);
+	const char *sql = id ? "SELECT batch_id, seg, items FROM segments WHERE batch_id = ?1 ORDER BY seg"
+			     : "SELECT batch_id, seg, items FROM segments ORDER BY batch_id, seg";
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		FAILF("%s: %s", sql, sqlite3_errmsg(db));
+	sqlite3_bind_int64(st, 1, id);
+	int64_t n = 0, batch = 0, in_batch = 0;
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		int64_t b = sqlite3_column_int64(st, 0), seg = sqlite3_column_int64(st, 1);
+		if (b != batch) {
+			batch = b;
+			in_batch = 0;
+		}
+		/* Every segment but a batch's last holds SEG_ITEMS items. */
+		if (seg * SEG_ITEMS != in_batch)
+			FAILF("batch %lld: segment %lld follows %lld items", (long long)b, (long long)seg,
+			      (long long)in_batch);
+		struct seg_item items[SEG_ITEMS];
+		const void *blob = sqlite3_column_blob(st, 2);
+		int len = sqlite3_column_bytes(st, 2);
+		int k = len > 0 ? segfmt_get_items(blob, (size_t)len, items, SEG_ITEMS) : 0;
+		if (k < 0)
+			FAILF("batch %lld: segment %lld does not decode", (long long)b, (long long)seg);
+		for (int i = 0; i < k; i++, n++)
+			if (it && n < max)
+				it[n] = items[i];
+		in_batch += k;
+	}
+	if (rc != SQLITE_DONE)
+		FAILF("%s: %s", sql, sqlite3_errmsg(db));
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return n;
+}
+
+/* Rows of items whose batch row is not there. */
+static const char ROWS_WITHOUT_BATCH[] =
+    "SELECT count(*) FROM (SELECT batch_id FROM segments UNION ALL SELECT batch_id FROM seg_args"
+    " UNION ALL SELECT batch_id FROM outcomes) WHERE batch_id NOT IN (SELECT id FROM batches)";
 
 /* ---- workers ---- */
 
@@ -480,11 +532,12 @@ TEST_T(failures_sigterm_refuses_new_work_lets_running_chunks_finish_and_exits_0,
 	struct stat st;
 	CHECK(stat(wal, &st) < 0 || st.st_size == 0);
 	/* The running chunk finished; the other batch never started. */
-	char q[160];
-	snprintf(q, sizeof q, "SELECT count(*) FROM futures WHERE batch_id = %lld AND state = 2", (long long)a);
-	CHECK_INT(db_int(&s, q), 3);
-	snprintf(q, sizeof q, "SELECT count(*) FROM futures WHERE batch_id = %lld AND state = 0", (long long)b);
-	CHECK_INT(db_int(&s, q), 1);
+	struct seg_item it[3];
+	CHECK_INT(stored_items(&s, a, it, 3), 3);
+	for (int i = 0; i < 3; i++)
+		CHECK_INT(it[i].state, FS_FINISHED);
+	CHECK_INT(stored_items(&s, b, it, 3), 1);
+	CHECK_INT(it[0].state, FS_PENDING);
 	CHECK_INT(db_int(&s, "SELECT count(*) FROM batches"), 2);
 	server_start(&s, "--workers", "1", NULL);
 	json_t *f = future(&s, b, 0, 30);
@@ -506,10 +559,10 @@ TEST(failures_sigterm_grace_ends_and_unfinished_items_go_back_to_pending)
 	CHECK_INT(WEXITSTATUS(status), 0);
 	if (took > 3000)
 		FAILF("stopping took %lld ms with --grace 0.5", (long long)took);
-	char q[160];
-	snprintf(q, sizeof q, "SELECT state * 10 + attempts FROM futures WHERE batch_id = %lld AND idx = 1",
-		 (long long)id);
-	CHECK_INT(db_int(&s, q), 0); /* pending, its attempt not counted */
+	struct seg_item it[2];
+	CHECK_INT(stored_items(&s, id, it, 2), 2);
+	CHECK_INT(it[1].state, FS_PENDING);
+	CHECK_INT(it[1].attempts, 0); /* its attempt not counted */
 	CHECK_INT(server_log_count(&s, "event=shutdown", "busy_workers=1", NULL), 1);
 }
 
@@ -747,7 +800,8 @@ TEST_T(failures_a_full_disk_is_503_loses_no_result_and_recovers_when_space_retur
 	free(big);
 	free(body);
 	server_stop(&s);
-	CHECK_INT(db_int(&s, "SELECT count(*) FROM futures"), 5 + 1 + 8 + 20);
+	CHECK_INT(stored_items(&s, 0, NULL, 0), 5 + 1 + 8 + 20);
+	CHECK_INT(db_int(&s, ROWS_WITHOUT_BATCH), 0);
 	CHECK_INT(db_int(&s, "SELECT sum(size) FROM batches"), 5 + 1 + 8 + 20);
 	CHECK_INT(db_int(&s, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'"), 1);
 	(void)tmpfs;
@@ -801,12 +855,36 @@ TEST_T(failures_kill9_mid_batch_then_restart_finishes_all_200_items_exactly_once
 	CHECK(reran <= 2);
 	json_decref(before);
 	json_decref(after);
+	/* Each item finished once, with a completion cursor of its own: read in
+	 * completion order one at a time, every index comes once and the cursors
+	 * only grow. */
+	char seen[200] = {0};
+	long long cursor = -1;
+	for (int k = 0;; k++) {
+		char path[128];
+		snprintf(path, sizeof path, "/v1/batches/%lld/results?order=completed&limit=1&after=%lld",
+			 (long long)id, cursor);
+		struct resp r = req(&s, "GET", path, NULL);
+		CHECK_INT(r.status, 200);
+		json_t *page = jget(r.json, "results");
+		if (json_array_size(page) == 0) {
+			CHECK(json_is_null(jget(r.json, "next")));
+			resp_free(&r);
+			CHECK_INT(k, 200);
+			break;
+		}
+		CHECK_INT(json_array_size(page), 1);
+		json_t *f = json_array_get(page, 0);
+		CHECK_STR(jstr(f, "state"), "finished");
+		json_int_t i = jint(f, "index");
+		CHECK(i >= 0 && i < 200 && !seen[i]);
+		seen[i] = 1;
+		json_int_t next = jint(r.json, "next");
+		CHECK(next > cursor);
+		cursor = next;
+		resp_free(&r);
+	}
 	server_stop(&s);
-	char q[200];
-	snprintf(q, sizeof q,
-		 "SELECT count(DISTINCT done_seq) FROM futures WHERE batch_id = %lld AND state = 2",
-		 (long long)id);
-	CHECK_INT(db_int(&s, q), 200);
 	fprintf(stderr, "%d finished before the kill, %d ran again\n", kept, reran);
 }
 
@@ -837,14 +915,21 @@ TEST_T(failures_kill9_during_a_submission_leaves_all_of_the_batch_or_none, 120)
 		int st;
 		waitpid(child, &st, 0);
 		int acked = WIFEXITED(st) && WEXITSTATUS(st) == 0;
-		/* The database as the crash left it. */
+		/* The database as the crash left it: each batch with every item and
+		 * its arguments (a seg_args row per segment), no row without its
+		 * batch. */
 		long long n = db_int(&s, "SELECT count(*) FROM batches");
-		CHECK_INT(db_int(&s, "SELECT count(*) FROM batches b WHERE size != "
-				     "(SELECT count(*) FROM futures f WHERE f.batch_id = b.id)"),
+		for (long long j = 0; j < n; j++) {
+			char q[128];
+			snprintf(q, sizeof q, "SELECT id FROM batches ORDER BY id LIMIT 1 OFFSET %lld", j);
+			long long id = db_int(&s, q);
+			snprintf(q, sizeof q, "SELECT size FROM batches WHERE id = %lld", id);
+			CHECK_INT(stored_items(&s, id, NULL, 0), db_int(&s, q));
+		}
+		CHECK_INT(db_int(&s, "SELECT count(*) FROM batches b WHERE (size + 255) / 256 != "
+				     "(SELECT count(*) FROM seg_args a WHERE a.batch_id = b.id)"),
 			  0);
-		CHECK_INT(db_int(&s, "SELECT count(*) FROM futures f WHERE NOT EXISTS "
-				     "(SELECT 1 FROM batches b WHERE b.id = f.batch_id)"),
-			  0);
+		CHECK_INT(db_int(&s, ROWS_WITHOUT_BATCH), 0);
 		if (acked)
 			CHECK_INT(n, batches + 1); /* a 201 means it is there */
 		CHECK(n == batches || n == batches + 1);
@@ -871,9 +956,7 @@ TEST_T(failures_sync_full_is_set_and_every_201_survives_kill9, 60)
 		CHECK_INT(server_log_count(&s, "event=db_open", "synchronous=full", NULL), 1);
 		int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[1],[2],[3]]}");
 		server_kill9(&s); /* right after the 201 */
-		char q[128];
-		snprintf(q, sizeof q, "SELECT count(*) FROM futures WHERE batch_id = %lld", (long long)id);
-		CHECK_INT(db_int(&s, q), 3);
+		CHECK_INT(stored_items(&s, id, NULL, 0), 3);
 	}
 	server_start(&s, NULL);
 	CHECK_INT(server_log_count(&s, "event=db_open", "synchronous=normal", NULL), 1);

@@ -135,7 +135,8 @@ TEST(ndjson_errors_name_the_line_and_store_nothing)
 	struct resp r = req(&s, "GET", "/v1/batches", NULL);
 	CHECK_INT(json_array_size(jget(r.json, "batches")), 0);
 	resp_free(&r);
-	wait_rows(&s, "futures", 0);
+	wait_rows(&s, "segments", 0);
+	wait_rows(&s, "seg_args", 0);
 	wait_rows(&s, "batches", 0);
 	server_stop(&s);
 }
@@ -178,9 +179,10 @@ TEST(ndjson_upload_cut_short_stores_nothing)
 	struct server s;
 	server_start(&s, "--workers", "1", NULL);
 	int fd = start_upload(&s, 1000000, 500);
-	/* Its lines are stored as they come (invisible to the API)... */
+	/* Its lines are stored as they come, a segment of 256 as soon as it
+	 * is full (invisible to the API)... */
 	int64_t deadline = harness_now_ms() + 10000;
-	while (db_count(&s, "futures") < 500)
+	while (db_count(&s, "seg_args") < 500 / 256)
 		CHECK(harness_now_ms() < deadline);
 	struct resp r = req(&s, "GET", "/v1/batches", NULL);
 	CHECK_INT(json_array_size(jget(r.json, "batches")), 0);
@@ -190,17 +192,19 @@ TEST(ndjson_upload_cut_short_stores_nothing)
 	resp_free(&r);
 	/* ...and removed when the client goes away. */
 	close(fd);
-	wait_rows(&s, "futures", 0);
+	wait_rows(&s, "segments", 0);
+	wait_rows(&s, "seg_args", 0);
 	wait_rows(&s, "batches", 0);
 	/* A crash in the middle of one: the restart removes it. */
 	fd = start_upload(&s, 1000000, 300);
 	deadline = harness_now_ms() + 10000;
-	while (db_count(&s, "futures") < 300)
+	while (db_count(&s, "seg_args") < 300 / 256)
 		CHECK(harness_now_ms() < deadline);
 	server_kill9(&s);
 	close(fd);
 	server_start(&s, "--workers", "1", NULL);
-	wait_rows(&s, "futures", 0);
+	wait_rows(&s, "segments", 0);
+	wait_rows(&s, "seg_args", 0);
 	wait_rows(&s, "batches", 0);
 	server_stop(&s);
 }
@@ -216,7 +220,8 @@ TEST(ndjson_more_items_than_max_items_is_413_and_stores_nothing)
 	CHECK_STR(jstr(jget(r.json, "error"), "code"), "too_many_items");
 	CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), "line 11: more than 10 items");
 	resp_free(&r);
-	wait_rows(&s, "futures", 0);
+	wait_rows(&s, "segments", 0);
+	wait_rows(&s, "seg_args", 0);
 	body = lines(10, "\n");
 	r = post_ndjson(&s, "?task=square", body);
 	free(body);

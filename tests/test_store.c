@@ -7,6 +7,7 @@
 
 #include "buf.h"
 #include "harness.h"
+#include "schema.h"
 #include "store.h"
 
 static struct store *open_db(void)
@@ -253,3 +254,293 @@ TEST(store_lists_batches_newest_first_with_a_cursor)
 	store_close(s);
 }
 
+
+/* ---- a version 2 database (one futures row per item), converted into
+ * segments and outcome groups when store_open migrates it (convert.c) ---- */
+
+#define V2_SIZE 600	    /* batch 1; batch 2 has 3 items */
+#define V2_RUNNING 301	    /* the one item left running */
+#define V2_BIG (400 * 1024) /* three results this long split a group by bytes */
+
+/* An item as its version 2 futures row holds it; worker 0, times -1,
+ * done_seq 0 and error_type 0 stand for NULL. text is the result
+ * (finished) or the message (failed). */
+struct v2_item {
+	int state, error_type;
+	int64_t attempts, worker, started, finished, done_seq;
+	struct buf text;
+};
+
+static void v2_item(int64_t batch, int64_t i, struct v2_item *it)
+{
+	buf_reset(&it->text);
+	it->error_type = 0;
+	it->attempts = it->worker = it->done_seq = 0;
+	it->started = it->finished = -1;
+	if (batch == 2) {
+		/* Its cursors are odd, batch 1's even: completions interleave. */
+		it->state = i == 0 ? FS_FINISHED : i == 1 ? FS_FAILED : FS_PENDING;
+		if (it->state == FS_PENDING)
+			return;
+		buf_adds(&it->text, i == 0 ? "\"two\"" : "slow");
+		it->error_type = i == 1 ? FE_TIMEOUT : 0;
+		it->attempts = 1 + i;
+		it->worker = 300 + i;
+		it->started = 8000 + i;
+		it->finished = 8100 + i;
+		it->done_seq = i == 0 ? 3 : 1;
+		return;
+	}
+	if (i == V2_RUNNING) {
+		it->state = FS_RUNNING;
+		it->attempts = 1;
+		it->worker = 4242;
+		it->started = 9000;
+		return;
+	}
+	switch (i % 5) {
+	case 0:
+		it->state = FS_FINISHED;
+		/* Done in reverse index order: the first group ends for its
+		 * bytes before 450, the next for its count (256). */
+		if (i >= 450 && i % 50 == 0) {
+			buf_addc(&it->text, '"');
+			for (int k = 0; k < V2_BIG; k++)
+				buf_addc(&it->text, (char)('a' + (i / 50 + k) % 26));
+			buf_addc(&it->text, '"');
+		} else {
+			buf_printf(&it->text, "{\"square\":%lld}", (long long)(i * i));
+		}
+		break;
+	case 1:
+		it->state = FS_FAILED;
+		it->error_type = FE_TASK + (int)(i % 3);
+		buf_printf(&it->text, "boom at %lld", (long long)i);
+		break;
+	case 2:
+		it->state = FS_CANCELLED;
+		break;
+	default:
+		/* Some are back to pending after a run that timed out (retried). */
+		it->state = FS_PENDING;
+		it->attempts = i % 10 == 8;
+		return;
+	}
+	if (it->state != FS_CANCELLED || i % 10 == 7) { /* it ran */
+		it->attempts = 1 + i % 2;
+		it->worker = 100 + i % 7;
+		it->started = 5000 + i;
+	}
+	it->finished = 6000 + i;
+	it->done_seq = 2 * (V2_SIZE - i); /* reverse index order */
+}
+
+/* Writes batches 1 and 2 into a new version 2 database at path. */
+static void v2_create(const char *path)
+{
+	sqlite3 *db;
+	sqlite3_stmt *fut, *bat;
+	CHECK_INT(sqlite3_open(path, &db), SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, schema_migrations[0], NULL, NULL, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, schema_migrations[1], NULL, NULL, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, "PRAGMA user_version = 2; BEGIN", NULL, NULL, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_prepare_v2(db,
+				     "INSERT INTO futures (batch_id, idx, state, args, result, error_type,"
+				     " error, attempts, worker, started_at, finished_at, done_seq)"
+				     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+				     -1, &fut, NULL),
+		  SQLITE_OK);
+	CHECK_INT(sqlite3_prepare_v2(db,
+				     "INSERT INTO batches (id, task, size, chunksize, created_at, n_pending,"
+				     " n_running, n_finished, n_failed, n_cancelled, retries)"
+				     " VALUES (?1, 'square', ?2, 10, 1000, ?3, ?4, ?5, ?6, ?7, 1)",
+				     -1, &bat, NULL),
+		  SQLITE_OK);
+	struct v2_item it = {0};
+	int64_t max_seq = 0;
+	for (int64_t b = 1; b <= 2; b++) {
+		int64_t size = b == 1 ? V2_SIZE : 3, n[FS_NSTATES] = {0};
+		for (int64_t i = 0; i < size; i++) {
+			v2_item(b, i, &it);
+			n[it.state]++;
+			char args[32];
+			int len = snprintf(args, sizeof args, "[%lld]", (long long)i);
+			sqlite3_bind_int64(fut, 1, b);
+			sqlite3_bind_int64(fut, 2, i);
+			sqlite3_bind_int(fut, 3, it.state);
+			sqlite3_bind_text(fut, 4, args, len, SQLITE_TRANSIENT);
+			if (it.state == FS_FINISHED)
+				sqlite3_bind_text(fut, 5, it.text.data, (int)it.text.len, SQLITE_STATIC);
+			if (it.error_type)
+				sqlite3_bind_int(fut, 6, it.error_type);
+			if (it.state == FS_FAILED)
+				sqlite3_bind_text(fut, 7, it.text.data, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(fut, 8, it.attempts);
+			if (it.worker)
+				sqlite3_bind_int64(fut, 9, it.worker);
+			if (it.started >= 0)
+				sqlite3_bind_int64(fut, 10, it.started);
+			if (it.finished >= 0)
+				sqlite3_bind_int64(fut, 11, it.finished);
+			if (it.done_seq)
+				sqlite3_bind_int64(fut, 12, it.done_seq);
+			CHECK_INT(sqlite3_step(fut), SQLITE_DONE);
+			sqlite3_reset(fut);
+			sqlite3_clear_bindings(fut);
+			if (it.done_seq > max_seq)
+				max_seq = it.done_seq;
+		}
+		sqlite3_bind_int64(bat, 1, b);
+		sqlite3_bind_int64(bat, 2, size);
+		for (int k = 0; k < FS_NSTATES; k++)
+			sqlite3_bind_int64(bat, 3 + k, n[k]);
+		CHECK_INT(sqlite3_step(bat), SQLITE_DONE);
+		sqlite3_reset(bat);
+	}
+	sqlite3_finalize(fut);
+	sqlite3_finalize(bat);
+	char q[96];
+	snprintf(q, sizeof q, "UPDATE meta SET value = %lld WHERE key = 'done_seq'; COMMIT",
+		 (long long)max_seq);
+	CHECK_INT(sqlite3_exec(db, q, NULL, NULL, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_close(db), SQLITE_OK);
+	buf_free(&it.text);
+}
+
+/* The futures a store call gave, each checked against its v2_item. */
+struct v2_seen {
+	int64_t batch;
+	int n;
+	int64_t idx[V2_SIZE];
+	struct v2_item want;
+};
+
+#define V2_CHECK(f, got, exp)                                                                    \
+	do {                                                                                     \
+		long long g_ = (long long)(got), e_ = (long long)(exp);                          \
+		if (g_ != e_)                                                                    \
+			FAILF("future %lld: %s == %lld, expected %lld", (long long)(f)->index,   \
+			      #got, g_, e_);                                                     \
+	} while (0)
+
+static void v2_on_future(void *arg, const struct future *f)
+{
+	struct v2_seen *seen = arg;
+	struct v2_item *w = &seen->want;
+	CHECK(seen->n < V2_SIZE);
+	seen->idx[seen->n++] = f->index;
+	v2_item(seen->batch, f->index, w);
+	if (w->state == FS_RUNNING) {
+		/* store_open requeued it; as its worker's first (only) running
+		 * item it keeps its attempt. */
+		V2_CHECK(f, f->state, FS_PENDING);
+		V2_CHECK(f, f->attempts, w->attempts);
+		V2_CHECK(f, f->finished_ms, -1);
+		V2_CHECK(f, f->done_seq, 0);
+		return;
+	}
+	V2_CHECK(f, f->state, w->state);
+	V2_CHECK(f, f->attempts, w->attempts);
+	V2_CHECK(f, f->worker, w->worker);
+	V2_CHECK(f, f->started_ms, w->started);
+	V2_CHECK(f, f->finished_ms, w->finished);
+	V2_CHECK(f, f->done_seq, w->done_seq);
+	if (w->state == FS_FINISHED) {
+		V2_CHECK(f, f->result_len, w->text.len);
+		if (!f->result || memcmp(f->result, w->text.data, w->text.len) != 0)
+			FAILF("future %lld: result %.40s, expected %.40s", (long long)f->index,
+			      f->result ? f->result : "(null)", w->text.data);
+	} else if (w->state == FS_FAILED) {
+		V2_CHECK(f, f->error_type, w->error_type);
+		CHECK_STR(f->error, w->text.data);
+	}
+}
+
+TEST(store_converts_v2_futures)
+{
+	v2_create("./v2.db");
+	struct store *s = store_open("./v2.db", 0);
+	CHECK(s != NULL);
+
+	/* Migrated, and the futures table is gone. */
+	sqlite3_stmt *st;
+	CHECK_INT(sqlite3_prepare_v2(store_sqlite(s),
+				     "SELECT (SELECT count(*) FROM sqlite_master WHERE name = 'futures'),"
+				     " (SELECT user_version FROM pragma_user_version)",
+				     -1, &st, NULL),
+		  SQLITE_OK);
+	CHECK_INT(sqlite3_step(st), SQLITE_ROW);
+	CHECK_INT(sqlite3_column_int(st, 0), 0);
+	CHECK_INT(sqlite3_column_int(st, 1), schema_version);
+	sqlite3_finalize(st);
+
+	/* What batch 1 should read: its done items in completion order, and
+	 * its pending ones (the running one among them now). */
+	struct v2_seen seen = {.batch = 1};
+	int64_t done[V2_SIZE], counts[FS_NSTATES] = {0};
+	int ndone = 0;
+	struct buf pending_args = {0};
+	for (int64_t i = 0; i < V2_SIZE; i++) {
+		v2_item(1, i, &seen.want);
+		int state = seen.want.state == FS_RUNNING ? FS_PENDING : seen.want.state;
+		counts[state]++;
+		if (state == FS_PENDING)
+			buf_printf(&pending_args, "[%lld]\n", (long long)i);
+	}
+	for (int64_t i = V2_SIZE - 1; i >= 0; i--) {
+		v2_item(1, i, &seen.want);
+		if (seen.want.state >= FS_FINISHED)
+			done[ndone++] = i;
+	}
+	struct batch b = get(s, 1);
+	CHECK_INT(b.size, V2_SIZE);
+	for (int k = 0; k < FS_NSTATES; k++)
+		CHECK_INT(b.counts[k], counts[k]);
+
+	/* Every future, one at a time and in index order. */
+	for (int64_t i = 0; i < V2_SIZE; i++) {
+		seen.n = 0;
+		CHECK_INT(store_future_get(s, 1, i, v2_on_future, &seen), 1);
+		CHECK_INT(seen.idx[0], i);
+	}
+	CHECK_INT(store_future_get(s, 1, V2_SIZE, v2_on_future, &seen), 0);
+	seen.n = 0;
+	CHECK_INT(store_futures(s, 1, 0, -1, -1, v2_on_future, &seen), V2_SIZE);
+	for (int i = 0; i < V2_SIZE; i++)
+		CHECK_INT(seen.idx[i], i);
+	seen.n = 0; /* a page across a segment boundary */
+	CHECK_INT(store_futures(s, 1, 0, 250, 10, v2_on_future, &seen), 10);
+	CHECK_INT(seen.idx[0], 251);
+	CHECK_INT(seen.idx[9], 260);
+
+	/* The done ones in completion order, all and from a cursor. */
+	seen.n = 0;
+	CHECK_INT(store_futures(s, 1, 1, 0, -1, v2_on_future, &seen), ndone);
+	for (int k = 0; k < ndone; k++)
+		CHECK_INT(seen.idx[k], done[k]);
+	seen.n = 0;
+	CHECK_INT(store_futures(s, 1, 1, 2 * (V2_SIZE - done[99]), 200, v2_on_future, &seen), 200);
+	CHECK_INT(seen.idx[0], done[100]);
+	CHECK_INT(seen.idx[199], done[299]);
+
+	/* Batch 2, whose cursors interleave with batch 1's. */
+	seen.batch = 2;
+	seen.n = 0;
+	CHECK_INT(store_futures(s, 2, 0, -1, -1, v2_on_future, &seen), 3);
+	seen.n = 0;
+	CHECK_INT(store_futures(s, 2, 1, 0, -1, v2_on_future, &seen), 2);
+	CHECK_INT(seen.idx[0], 1);
+	CHECK_INT(seen.idx[1], 0);
+
+	/* The arguments: a claim takes every pending item, lowest first. */
+	int64_t idx[V2_SIZE];
+	struct buf args = {0};
+	CHECK_INT(store_claim(s, 1, V2_SIZE, 77, 20000, idx, &args), counts[FS_PENDING]);
+	CHECK_INT(args.len, pending_args.len);
+	CHECK_STR(args.data, pending_args.data);
+	CHECK_INT(store_commit(s), 0);
+	store_close(s);
+	buf_free(&args);
+	buf_free(&pending_args);
+	buf_free(&seen.want.text);
+}
