@@ -11,17 +11,40 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 struct buf {
 	char *data; /* NUL-terminated whenever len < cap; owned */
 	size_t len, cap;
 };
 
-/* Makes room for n more bytes. */
-void buf_reserve(struct buf *b, size_t n);
-void buf_add(struct buf *b, const void *p, size_t n);
-void buf_adds(struct buf *b, const char *s);
-void buf_addc(struct buf *b, char c);
+/* Makes room for n more bytes (and the NUL after them). */
+void buf_grow(struct buf *b, size_t n);
+static inline void buf_reserve(struct buf *b, size_t n)
+{
+	if (b->cap - b->len <= n)
+		buf_grow(b, n);
+}
+
+/* Inline: the JSON writers and the store's encoders call these per byte or
+ * field, millions of times a second (callgrind showed the calls' own cost
+ * as a tenth of the server's time in W1). */
+static inline void buf_add(struct buf *b, const void *p, size_t n)
+{
+	buf_reserve(b, n);
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+	b->data[b->len] = '\0';
+}
+
+static inline void buf_adds(struct buf *b, const char *s) { buf_add(b, s, strlen(s)); }
+
+static inline void buf_addc(struct buf *b, char c)
+{
+	buf_reserve(b, 1);
+	b->data[b->len++] = c;
+	b->data[b->len] = '\0';
+}
 __attribute__((format(printf, 2, 3))) void buf_printf(struct buf *b, const char *fmt, ...);
 void buf_reset(struct buf *b);  /* len = 0, keeps the memory */
 void buf_free(struct buf *b);   /* releases the memory, b is empty again */

@@ -3,25 +3,39 @@
 
 #include <string.h>
 
-static void put_uv(struct buf *b, uint64_t v)
+/* Writers into room already reserved: p points at the buffer's end. */
+static unsigned char *put_uv(unsigned char *p, uint64_t v)
 {
-	unsigned char t[10];
-	int n = 0;
-	do {
-		t[n] = (unsigned char)(v & 0x7f);
+	while (v >= 0x80) {
+		*p++ = (unsigned char)(v | 0x80);
 		v >>= 7;
-		if (v)
-			t[n] |= 0x80;
-		n++;
-	} while (v);
-	buf_add(b, t, (size_t)n);
+	}
+	*p++ = (unsigned char)v;
+	return p;
 }
 
 /* -1 (none) and other negatives below it are stored as 0. */
-static void put_opt(struct buf *b, int64_t v) { put_uv(b, v < 0 ? 0 : (uint64_t)v + 1); }
+static unsigned char *put_opt(unsigned char *p, int64_t v)
+{
+	return put_uv(p, v < 0 ? 0 : (uint64_t)v + 1);
+}
+
+#define UV_MAX 10 /* bytes of the longest varint */
+
+static unsigned char *end_of(struct buf *b) { return (unsigned char *)b->data + b->len; }
+
+static void done_at(struct buf *b, unsigned char *p)
+{
+	b->len = (size_t)((char *)p - b->data);
+	b->data[b->len] = '\0';
+}
 
 static int get_uv(const unsigned char **p, const unsigned char *end, uint64_t *v)
 {
+	if (*p < end && **p < 0x80) { /* most values: one byte */
+		*v = *(*p)++;
+		return 0;
+	}
 	uint64_t x = 0;
 	for (int shift = 0; shift < 64; shift += 7) {
 		if (*p >= end)
@@ -63,14 +77,16 @@ static int get_byte(const unsigned char **p, const unsigned char *end, unsigned 
 
 void segfmt_put_items(struct buf *b, const struct seg_item *it, int n)
 {
-	buf_reserve(b, (size_t)n * 12);
+	buf_reserve(b, (size_t)n * (1 + 4 * UV_MAX));
+	unsigned char *p = end_of(b);
 	for (int i = 0; i < n; i++) {
-		buf_addc(b, (char)it[i].state);
-		put_uv(b, (uint64_t)it[i].attempts);
-		put_uv(b, (uint64_t)it[i].worker);
-		put_opt(b, it[i].started_ms);
-		put_uv(b, (uint64_t)it[i].done_seq);
+		*p++ = it[i].state;
+		p = put_uv(p, (uint64_t)it[i].attempts);
+		p = put_uv(p, (uint64_t)it[i].worker);
+		p = put_opt(p, it[i].started_ms);
+		p = put_uv(p, (uint64_t)it[i].done_seq);
 	}
+	done_at(b, p);
 }
 
 int segfmt_get_items(const void *blob, size_t len, struct seg_item *it, int max)
@@ -92,17 +108,22 @@ void segfmt_put_outcome(struct buf *b, const struct future *f)
 {
 	const char *text = f->state == FS_FINISHED ? f->result : f->error;
 	size_t len = !text ? 0 : f->state == FS_FINISHED ? f->result_len : strlen(text);
-	put_uv(b, (uint64_t)f->done_seq);
-	put_uv(b, (uint64_t)f->index);
-	buf_addc(b, (char)f->state);
-	buf_addc(b, (char)f->error_type);
-	put_uv(b, (uint64_t)f->attempts);
-	put_uv(b, (uint64_t)f->worker);
-	put_opt(b, f->started_ms);
-	put_opt(b, f->finished_ms);
-	put_uv(b, len);
-	buf_add(b, text ? text : "", len);
-	buf_addc(b, '\0');
+	buf_reserve(b, 2 + 7 * UV_MAX + len + 1);
+	unsigned char *p = end_of(b);
+	p = put_uv(p, (uint64_t)f->done_seq);
+	p = put_uv(p, (uint64_t)f->index);
+	*p++ = (unsigned char)f->state;
+	*p++ = (unsigned char)f->error_type;
+	p = put_uv(p, (uint64_t)f->attempts);
+	p = put_uv(p, (uint64_t)f->worker);
+	p = put_opt(p, f->started_ms);
+	p = put_opt(p, f->finished_ms);
+	p = put_uv(p, len);
+	if (len)
+		memcpy(p, text, len);
+	p += len;
+	*p++ = '\0';
+	done_at(b, p);
 }
 
 int segfmt_get_outcome(const unsigned char **p, const unsigned char *end, struct future *f)

@@ -18,6 +18,8 @@ TEST(buf_json_time_matches_gmtime_from_1970_to_9999)
 	uint64_t x = 88172645463325252u;
 	for (int i = 0; i < 200000; i++) {
 		int64_t ms;
+		/* Every fourth instant repeats the one before (the cached text) and
+		 * every fifth the one before that (the cache must be replaced). */
 		if (i < (int)(sizeof fixed / sizeof fixed[0]))
 			ms = fixed[i];
 		else if (i < 150000)
@@ -26,6 +28,14 @@ TEST(buf_json_time_matches_gmtime_from_1970_to_9999)
 			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 			ms = (int64_t)(x % 253402300800000u);
 		}
+		buf_reset(&b);
+		static int64_t prev[2] = {0, 0};
+		if (i >= 8 && i % 4 == 3)
+			ms = prev[1];
+		else if (i >= 8 && i % 5 == 4)
+			ms = prev[0];
+		prev[0] = prev[1];
+		prev[1] = ms;
 		buf_reset(&b);
 		buf_json_time(&b, ms);
 		time_t t = (time_t)(ms / 1000);

@@ -217,7 +217,13 @@ static void run_item(const struct task *t, const char *tname, size_t pos, const 
 	int rc = t ? task_run(t, args, len, &res, &err)
 		   : task_error(&err, "unknown task \"%s\"", tname);
 	long long micros = (mono_ns() - t0) / 1000;
-	buf_printf(&rec, "%c %zu %lld ", rc == 0 ? 'R' : 'E', pos, micros);
+	/* "R|E <pos> <micros> ", without printf: it was a fifth of a square's cost. */
+	buf_addc(&rec, rc == 0 ? 'R' : 'E');
+	buf_addc(&rec, ' ');
+	buf_json_i64(&rec, (int64_t)pos);
+	buf_addc(&rec, ' ');
+	buf_json_i64(&rec, micros);
+	buf_addc(&rec, ' ');
 	if (rc == 0)
 		buf_add(&rec, res.data, res.len);
 	else
