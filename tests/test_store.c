@@ -544,3 +544,190 @@ TEST(store_converts_v2_futures)
 	buf_free(&pending_args);
 	buf_free(&seen.want.text);
 }
+
+/* ---- the segment store: write-back cache, claims, cancels, uploads ---- */
+
+/* Checks every future of the batch in submission order: index i is finished
+ * with result i*i+1 when i % 3 != 0, else the state want0. */
+struct sweep {
+	int64_t next, bad;
+	enum fstate want0;
+	int64_t last_seq, prev_seq[4]; /* the last four cursors seen */
+};
+
+static void on_sweep(void *arg, const struct future *f)
+{
+	struct sweep *w = arg;
+	char want[32];
+	snprintf(want, sizeof want, "%lld", (long long)(f->index * f->index + 1));
+	int ok = f->index == w->next;
+	if (f->index % 3)
+		ok = ok && f->state == FS_FINISHED && f->result_len == strlen(want) &&
+		     !memcmp(f->result, want, f->result_len) && f->attempts == 1 && f->worker == 7 &&
+		     f->finished_ms == 5000 + f->index && f->done_seq > 0;
+	else
+		ok = ok && f->state == w->want0;
+	if (!ok && w->bad < 0)
+		w->bad = f->index;
+	w->next++;
+}
+
+TEST(store_a_batch_larger_than_the_segment_cache_keeps_every_state)
+{
+	/* 300 segments of 256: claims and results dirty more segments than
+	 * the cache holds, so dirty ones are written back to make room. */
+	enum { N = 300 * 256 + 17 };
+	struct store *s = open_db();
+	int64_t id = add_batch(s, "square", N);
+	int64_t *idx = malloc(N * sizeof *idx);
+	struct buf args = {0};
+	CHECK_INT(store_claim(s, id, N, 7, 4000, idx, &args), N);
+	CHECK_INT(idx[N - 1], N - 1);
+	/* the arguments of the last item, from the last (partial) segment */
+	char last[32];
+	snprintf(last, sizeof last, "[%d]\n", N - 1);
+	CHECK(args.len > strlen(last) && !strcmp(args.data + args.len - strlen(last), last));
+	for (int64_t i = 0; i < N; i++) {
+		if (i % 3 == 0)
+			continue;
+		char r[32];
+		int len = snprintf(r, sizeof r, "%lld", (long long)(i * i + 1));
+		CHECK_INT(store_finish(s, id, i, r, (size_t)len, 4000, 5000 + i), 0);
+	}
+	/* the rest go back to pending, their attempts given back */
+	for (int64_t i = 0; i < N; i += 3)
+		CHECK_INT(store_requeue(s, id, i), 0);
+	CHECK_INT(store_commit(s), 0);
+	store_close(s);
+
+	s = open_db();
+	struct batch b = get(s, id);
+	CHECK_INT(b.counts[FS_FINISHED], N - (N + 2) / 3);
+	CHECK_INT(b.counts[FS_PENDING], (N + 2) / 3);
+	struct sweep w = {.bad = -1, .want0 = FS_PENDING};
+	CHECK_INT(store_futures(s, id, 0, -1, -1, on_sweep, &w), N);
+	CHECK_INT(w.bad, -1);
+	/* the requeued ones are claimed again, lowest first, from every segment */
+	buf_reset(&args);
+	CHECK_INT(store_claim(s, id, N, 8, 6000, idx, &args), (N + 2) / 3);
+	CHECK_INT(idx[0], 0);
+	CHECK_INT(idx[1], 3);
+	CHECK_INT(idx[(N + 2) / 3 - 1], (N - 1) / 3 * 3);
+	CHECK_INT(store_claim(s, id, N, 8, 6000, idx, &args), 0);
+	CHECK_INT(store_commit(s), 0);
+	free(idx);
+	buf_free(&args);
+	store_close(s);
+}
+
+static void on_seq(void *arg, const struct future *f)
+{
+	struct sweep *w = arg;
+	if (f->done_seq <= w->last_seq && w->bad < 0)
+		w->bad = f->index;
+	w->prev_seq[0] = w->prev_seq[1];
+	w->prev_seq[1] = w->prev_seq[2];
+	w->prev_seq[2] = w->prev_seq[3];
+	w->prev_seq[3] = w->last_seq = f->done_seq;
+	w->next++;
+}
+
+TEST(store_cancel_of_a_batch_gives_each_pending_item_its_own_cursor)
+{
+	enum { N = 1000 };
+	struct store *s = open_db();
+	int64_t id = add_batch(s, "square", N);
+	int64_t idx[8];
+	struct buf args = {0};
+	CHECK_INT(store_claim(s, id, 2, 7, 4000, idx, &args), 2);
+	CHECK_INT(store_finish(s, id, 0, "1", 1, 4000, 4001), 0);
+	CHECK_INT(store_cancel_pending(s, id, N, 4100), N - 2);
+	/* the running one is not cancelled by it, and finishes */
+	CHECK_INT(store_finish(s, id, 1, "2", 1, 4000, 4200), 0);
+	CHECK_INT(store_cancel_one(s, id, 5, 4300), 0); /* already cancelled */
+	CHECK_INT(store_commit(s), 0);
+	struct batch b = get(s, id);
+	CHECK_INT(b.counts[FS_CANCELLED], N - 2);
+	CHECK_INT(b.counts[FS_FINISHED], 2);
+	CHECK(b.finished_ms >= 0);
+	/* completion order: all N, cursors strictly increasing */
+	struct sweep w = {.bad = -1};
+	CHECK_INT(store_futures(s, id, 1, 0, -1, on_seq, &w), N);
+	CHECK_INT(w.bad, -1);
+	/* and a page from the middle starts after its cursor (the cancel's
+	 * cursors are base + index: they need not be consecutive) */
+	struct collect c = {0};
+	CHECK_INT(store_futures(s, id, 1, w.prev_seq[0], 10, on_future, &c), 3);
+	CHECK_INT(c.seq[0], w.prev_seq[1]);
+	CHECK_INT(c.idx[2], 1); /* the last to complete */
+	CHECK_INT(c.state[0], FS_CANCELLED);
+	buf_free(&args);
+	store_close(s);
+}
+
+TEST(store_upload_seal_refuses_an_upload_that_lost_rows)
+{
+	struct store *s = open_db();
+	struct batch b = {.chunksize = 0, .created_ms = 1000};
+	snprintf(b.task, sizeof b.task, "square");
+	CHECK_INT(store_upload_begin(s, &b), 0);
+	for (int i = 0; i < 600; i++)
+		CHECK_INT(store_upload_item(s, b.id, i, "[1]", 3), 0);
+	CHECK_INT(store_commit(s), 0);
+	/* what a failed commit in the middle of the upload would have taken */
+	CHECK_INT(sqlite3_exec(store_sqlite(s), "DELETE FROM seg_args WHERE seg = 1", NULL, NULL, NULL),
+		  SQLITE_OK);
+	CHECK_INT(store_upload_seal(s, b.id, 600, 10), -1);
+	CHECK_INT(store_upload_abort(s, b.id), 0);
+	CHECK_INT(store_commit(s), 0);
+	struct batch out;
+	CHECK_INT(store_batch_get(s, b.id, &out), 0);
+	/* a whole one seals, and reads back */
+	struct batch b2 = {.chunksize = 0, .created_ms = 1000};
+	snprintf(b2.task, sizeof b2.task, "square");
+	CHECK_INT(store_upload_begin(s, &b2), 0);
+	for (int i = 0; i < 600; i++)
+		CHECK_INT(store_upload_item(s, b2.id, i, "[1]", 3), 0);
+	CHECK_INT(store_upload_item(s, b2.id, 7, "[1]", 3), -1); /* out of order */
+	CHECK_INT(store_upload_seal(s, b2.id, 600, 10), 0);
+	CHECK_INT(store_commit(s), 0);
+	CHECK_INT(get(s, b2.id).counts[FS_PENDING], 600);
+	store_close(s);
+}
+
+static void on_copy(void *arg, const struct future *f)
+{
+	struct future *out = arg;
+	*out = *f;
+	out->result = out->error = NULL; /* valid only in the callback */
+}
+
+TEST(store_restart_requeues_running_items_giving_back_all_but_each_workers_first)
+{
+	struct store *s = open_db();
+	int64_t id = add_batch(s, "square", 600);
+	int64_t idx[600];
+	struct buf args = {0};
+	CHECK_INT(store_claim(s, id, 250, 7, 4000, idx, &args), 250);
+	CHECK_INT(store_claim(s, id, 250, 8, 4000, idx, &args), 250); /* crosses a segment */
+	CHECK_INT(store_finish(s, id, 0, "0", 1, 4000, 4001), 0);
+	CHECK_INT(store_commit(s), 0);
+	store_close(s);
+	s = open_db();
+	struct batch b = get(s, id);
+	CHECK_INT(b.counts[FS_RUNNING], 0);
+	CHECK_INT(b.counts[FS_PENDING], 599);
+	/* item 1 was worker 7's first running one, item 250 worker 8's */
+	int64_t want[][2] = {{1, 1}, {2, 0}, {249, 0}, {250, 1}, {251, 0}, {499, 0}, {500, 0}};
+	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+		struct future got = {.index = -1};
+		CHECK_INT(store_future_get(s, id, want[i][0], on_copy, &got), 1);
+		CHECK_INT(got.index, want[i][0]);
+		CHECK_INT(got.state, FS_PENDING);
+		CHECK_INT(got.attempts, want[i][1]);
+		CHECK_INT(got.worker, 0);
+		CHECK_INT(got.started_ms, -1);
+	}
+	buf_free(&args);
+	store_close(s);
+}
