@@ -251,17 +251,49 @@ static const char *json_kind(const json_t *v)
 	}
 }
 
-static int type_ok(enum ptype t, const json_t *v)
+/* Whether an integer argument v fits a parameter of type t. */
+static int int_ok(enum ptype t, json_int_t v)
 {
 	switch (t) {
-	case PT_INT: return json_is_integer(v);
-	case PT_UINT: return json_is_integer(v) && json_integer_value(v) >= 0;
+	case PT_INT:
+	case PT_NUMBER:
+	case PT_ANY: return 1;
+	case PT_UINT:
+	case PT_UNUMBER: return v >= 0;
+	case PT_STRING: return 0;
+	}
+	return 0;
+}
+
+static int type_ok(enum ptype t, const json_t *v)
+{
+	if (json_is_integer(v))
+		return int_ok(t, json_integer_value(v));
+	switch (t) {
+	case PT_INT:
+	case PT_UINT: return 0;
 	case PT_NUMBER: return json_is_number(v);
 	case PT_UNUMBER: return json_is_number(v) && json_number_value(v) >= 0;
 	case PT_STRING: return json_is_string(v);
 	case PT_ANY: return 1;
 	}
 	return 0;
+}
+
+/* Whether n arguments are a right count for t. */
+static int count_ok(const struct task_info *t, int n)
+{
+	return n >= t->required && (t->variadic || n <= t->nparams);
+}
+
+int catalog_ints_ok(const struct task_info *t, const int64_t *v, int n)
+{
+	if (!count_ok(t, n))
+		return 0;
+	for (int i = 0; i < n; i++)
+		if (!int_ok(t->params[i < t->nparams ? i : t->nparams - 1].type, v[i]))
+			return 0;
+	return 1;
 }
 
 static const char *const type_words[] = {"an integer", "an integer >= 0", "a number",
@@ -275,7 +307,7 @@ int catalog_check(const struct task_info *t, const json_t *args, char *err, size
 	}
 	int n = (int)json_array_size(args);
 	int max = t->variadic ? -1 : t->nparams;
-	if (n < t->required || (max >= 0 && n > max)) {
+	if (!count_ok(t, n)) {
 		if (max == t->required)
 			snprintf(err, errlen, "%s takes %d argument%s, got %d", t->name, max,
 				 max == 1 ? "" : "s", n);

@@ -6,6 +6,7 @@
 #define FORKPOOL_CATALOG_H
 
 #include <jansson.h>
+#include <stdint.h>
 #include <stddef.h>
 
 #include "store.h" /* TASK_NAME_MAX */
@@ -42,5 +43,9 @@ const struct task_info *catalog_at(int i);
 /* Checks an item's argument array. 0, or -1 with a message in err such as
  * "square takes 1 argument, got 2". */
 int catalog_check(const struct task_info *t, const json_t *args, char *err, size_t errlen);
+/* Whether catalog_check would accept the argument array of the n integers
+ * v (the NDJSON fast path; on 0 the caller asks catalog_check for the
+ * message). */
+int catalog_ints_ok(const struct task_info *t, const int64_t *v, int n);
 
 #endif
