@@ -1,4 +1,8 @@
-/* store.c - the SQLite store (see store.h).
+/* store.c - the SQLite store (see store.h): the connection and its
+ * checkpointer thread, transactions and their commit, migration and recovery
+ * at open, batches, idempotency keys and NDJSON uploads. The futures (the
+ * segments and outcome groups, claims, state changes, reads, and a new
+ * batch's items) are futures.c's; what the two share is in store_impl.h.
  *
  * Batch counters: a state change adjusts the batch's n_* counters through a
  * small table of per-batch deltas that is folded into the batches rows before
@@ -20,40 +24,19 @@
 #include "convert.h"
 #include "schema.h"
 #include "segfmt.h"
+#include "store_impl.h"
 
 const char *const fstate_names[FS_NSTATES] = {"pending", "running", "finished", "failed",
 					      "cancelled"};
 const char *const ferr_names[] = {NULL, "task_error", "timeout", "worker_died"};
 
-enum stmt_id {
-	S_BEGIN,
-	S_COMMIT,
-	S_ROLLBACK,
-	S_SP_BEGIN,
-	S_SP_RELEASE,
-	S_SP_UNDO,
-	S_INS_BATCH,
-	S_GET_BATCH,
-	S_LIST_BATCHES,
-	S_PENDING_BATCHES,
-	S_COUNTS,
-	S_SET_SEQ,
-	S_INS_SEG,
-	S_INS_ARGS,
-	S_GET_SEG,
-	S_PUT_SEG,
-	S_GET_ARGS,
-	S_INS_GROUP,
-	S_GROUP_AT,
-	S_GROUPS_AFTER,
-	S_NSTMTS
-};
-
 #define BATCH_COLS                                                                               \
 	"id, task, size, chunksize, timeout, created_at, finished_at, n_pending, n_running, "    \
 	"n_finished, n_failed, n_cancelled, retries"
 
-static const char *const sql[S_NSTMTS] = {
+/* The statements' texts, by enum stmt_id (store_impl.h): store_open
+ * prepares each once. */
+const char *const store_sql[S_NSTMTS] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
     [S_COMMIT] = "COMMIT",
     [S_ROLLBACK] = "ROLLBACK",
@@ -85,95 +68,6 @@ static const char *const sql[S_NSTMTS] = {
 		   " ORDER BY last_seq LIMIT 1",
     [S_GROUPS_AFTER] = "SELECT recs FROM outcomes WHERE batch_id = ?1 AND last_seq > ?2"
 		       " ORDER BY last_seq",
-};
-
-struct delta {
-	int64_t batch;
-	int64_t d[FS_NSTATES];
-};
-
-/* ---- what the transaction holds in memory ----
- *
- * Futures live in segments of SEG_ITEMS (segfmt.h). A state change edits the
- * segment in a write-back cache; dirty segments are written at commit (or
- * when the cache needs room), so a claim of 10,000 items or a burst of
- * results costs one UPDATE per 256 items. Outcomes are appended to a group
- * per batch, written when full and at commit. A rollback drops all of it. */
-#define SEG_CACHE 256 /* segments held: more than two chunks of 10,000 in flight */
-#define NCURSORS 128  /* batches whose claim position is remembered */
-
-struct segment {
-	int64_t batch, seg;
-	int n, dirty;
-	uint64_t used; /* the store's tick at its latest use (eviction) */
-	struct seg_item it[SEG_ITEMS];
-};
-
-/* Outcomes of one batch not yet written: records with increasing cursors. */
-struct group {
-	int64_t batch, last_seq;
-	int n;
-	struct buf recs;
-};
-
-/* A new batch's items not yet written: the segment being filled. */
-struct builder {
-	int64_t batch, next; /* next: the index the next item must have */
-	int n;
-	struct buf args;
-};
-
-/* Where a batch's claims go on: no item below idx is pending. A batch
- * without one is claimed from index 0, so forgetting one is always safe. */
-struct cursor {
-	int64_t batch, idx;
-};
-
-struct store {
-	sqlite3 *db;
-	sqlite3_stmt *st[S_NSTMTS];
-	int in_txn;
-	int64_t done_seq, done_seq_saved;
-	/* The highest completion cursor committed: completion-order reads stop
-	 * there, so that a cursor handed to a client is never one a failed
-	 * commit takes back and gives to another future. */
-	int64_t done_seq_committed;
-	int64_t now_ms; /* time of the latest change, for finished_at */
-	struct delta *deltas;
-	size_t ndeltas, capdeltas;
-	/* SQLite rolled the open transaction back by itself (it may, on
-	 * SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM): the next store_commit
-	 * fails, so that the caller knows those writes are gone. */
-	int lost;
-	char last_error[256];
-	struct checkpointer *ckpt;
-	/* The batch store_batch_get read last, valid while the connection has
-	 * changed no row since (sqlite3_total_changes64 counts every write on
-	 * it, the retention sweeper's too) and nothing was rolled back (which
-	 * that count does not see): 2,000 long-polls woken by one batch then
-	 * cost one read, not 4,000. */
-	struct batch bcache;
-	int64_t bcache_changes; /* -1: empty */
-	struct segment *segs[SEG_CACHE];
-	int nsegs;
-	struct segment *last_seg; /* the latest found: most lookups hit it */
-	uint64_t tick;
-	struct group *groups;
-	size_t ngroups, capgroups;
-	struct builder *builders;
-	size_t nbuilders, capbuilders;
-	struct cursor cursors[NCURSORS];
-	int ncursors, next_cursor;
-	int64_t submitting; /* the batch between store_batch_begin and _end */
-	struct buf scratch; /* an items blob being written */
-	/* The outcome group a submission-order read found last: a copy of its
-	 * records, decoded (strings point into blob). */
-	struct {
-		int64_t batch;
-		struct buf blob;
-		struct future *f;
-		int n, cap;
-	} rg;
 };
 
 /* ---- the checkpointer ----
@@ -316,6 +210,8 @@ static int ckpt_start(struct store *s, const char *path)
 	return 0;
 }
 
+/* ---- transactions ---- */
+
 static void bcache_drop(struct store *s) { s->bcache_changes = -1; }
 
 /* Forgets everything the transaction held in memory: after a rollback the
@@ -337,7 +233,7 @@ static void drop_memory(struct store *s)
 	s->done_seq = s->done_seq_saved;
 }
 
-static int db_fail(struct store *s, const char *op)
+int db_fail(struct store *s, const char *op)
 {
 	bcache_drop(s);
 	log_error("db_error", "op=%s code=%d msg=\"%s\"", op, sqlite3_extended_errcode(s->db),
@@ -353,13 +249,13 @@ static int db_fail(struct store *s, const char *op)
 }
 
 /* Steps a statement that returns no rows and resets it. */
-static int run(struct store *s, enum stmt_id id)
+int db_run(struct store *s, enum stmt_id id)
 {
 	int rc = sqlite3_step(s->st[id]);
 	sqlite3_reset(s->st[id]);
 	sqlite3_clear_bindings(s->st[id]);
 	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-		return db_fail(s, sql[id]);
+		return db_fail(s, store_sql[id]);
 	return 0;
 }
 
@@ -374,11 +270,11 @@ static int exec(struct store *s, const char *q)
 	return 0;
 }
 
-static int begin(struct store *s)
+int db_begin(struct store *s)
 {
 	if (s->in_txn)
 		return 0;
-	if (run(s, S_BEGIN) < 0)
+	if (db_run(s, S_BEGIN) < 0)
 		return -1;
 	s->in_txn = 1;
 	return 0;
@@ -401,7 +297,7 @@ static struct delta *delta_for(struct store *s, int64_t batch)
 	return d;
 }
 
-static void move_count(struct store *s, int64_t batch, enum fstate from, enum fstate to, int64_t n)
+void move_count(struct store *s, int64_t batch, enum fstate from, enum fstate to, int64_t n)
 {
 	struct delta *d = delta_for(s, batch);
 	d->d[from] -= n;
@@ -417,59 +313,16 @@ static int flush_counts(struct store *s)
 		for (int k = 0; k < FS_NSTATES; k++)
 			sqlite3_bind_int64(st, 2 + k, s->deltas[i].d[k]);
 		sqlite3_bind_int64(st, 7, s->now_ms);
-		if (run(s, S_COUNTS) < 0)
+		if (db_run(s, S_COUNTS) < 0)
 			return -1;
 	}
 	s->ndeltas = 0;
 	if (s->done_seq != s->done_seq_saved) {
 		sqlite3_bind_int64(s->st[S_SET_SEQ], 1, s->done_seq);
-		if (run(s, S_SET_SEQ) < 0)
+		if (db_run(s, S_SET_SEQ) < 0)
 			return -1;
 		s->done_seq_saved = s->done_seq;
 	}
-	return 0;
-}
-
-/* ---- segments and outcome groups: written back ---- */
-
-static int seg_write(struct store *s, struct segment *g)
-{
-	buf_reset(&s->scratch);
-	segfmt_put_items(&s->scratch, g->it, g->n);
-	sqlite3_stmt *st = s->st[S_PUT_SEG];
-	sqlite3_bind_int64(st, 1, g->batch);
-	sqlite3_bind_int64(st, 2, g->seg);
-	sqlite3_bind_blob(st, 3, s->scratch.data, (int)s->scratch.len, SQLITE_STATIC);
-	if (run(s, S_PUT_SEG) < 0)
-		return -1;
-	g->dirty = 0;
-	return 0;
-}
-
-static int group_write(struct store *s, struct group *gr)
-{
-	if (gr->n == 0)
-		return 0;
-	sqlite3_stmt *st = s->st[S_INS_GROUP];
-	sqlite3_bind_int64(st, 1, gr->batch);
-	sqlite3_bind_int64(st, 2, gr->last_seq);
-	sqlite3_bind_blob(st, 3, gr->recs.data, (int)gr->recs.len, SQLITE_STATIC);
-	if (run(s, S_INS_GROUP) < 0)
-		return -1;
-	gr->n = 0;
-	buf_reset(&gr->recs);
-	return 0;
-}
-
-/* Writes the outcome groups (reads of outcomes need them in the database). */
-static int flush_groups(struct store *s)
-{
-	for (size_t i = 0; i < s->ngroups; i++)
-		if (group_write(s, &s->groups[i]) < 0)
-			return -1;
-	for (size_t i = 0; i < s->ngroups; i++)
-		buf_free(&s->groups[i].recs);
-	s->ngroups = 0;
 	return 0;
 }
 
@@ -496,7 +349,7 @@ int store_commit(struct store *s)
 	}
 	if (!s->in_txn)
 		return 0;
-	if (flush_all(s) < 0 || run(s, S_COMMIT) < 0) {
+	if (flush_all(s) < 0 || db_run(s, S_COMMIT) < 0) {
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 		s->in_txn = s->lost = 0;
 		drop_memory(s);
@@ -509,669 +362,7 @@ int store_commit(struct store *s)
 
 int store_dirty(const struct store *s) { return s->in_txn || s->lost; }
 
-/* ---- the segment cache ---- */
-
-/* The cached segment, or NULL. */
-static struct segment *seg_find(struct store *s, int64_t batch, int64_t seg)
-{
-	struct segment *g = s->last_seg;
-	if (g && g->batch == batch && g->seg == seg)
-		return g;
-	for (int i = 0; i < s->nsegs; i++) {
-		g = s->segs[i];
-		if (g->batch == batch && g->seg == seg)
-			return s->last_seg = g;
-	}
-	return NULL;
-}
-
-/* A free entry: an empty one, else the least recently used, written first
- * if dirty. NULL on a write error. */
-static struct segment *seg_slot(struct store *s)
-{
-	if (s->nsegs < SEG_CACHE) {
-		struct segment *g = malloc(sizeof *g);
-		if (!g)
-			abort();
-		g->batch = -1;
-		g->dirty = 0;
-		return s->segs[s->nsegs++] = g;
-	}
-	struct segment *lru = NULL;
-	for (int i = 0; i < s->nsegs; i++) {
-		struct segment *g = s->segs[i];
-		if (g->batch < 0)
-			return g;
-		if (!lru || g->used < lru->used)
-			lru = g;
-	}
-	if (lru->dirty && seg_write(s, lru) < 0)
-		return NULL;
-	if (s->last_seg == lru)
-		s->last_seg = NULL;
-	lru->batch = -1;
-	return lru;
-}
-
-/* The segment as the transaction sees it: 1 and *out, 0 if the batch has no
- * such segment, -1 on error. */
-static int seg_get(struct store *s, int64_t batch, int64_t seg, struct segment **out)
-{
-	struct segment *g = seg_find(s, batch, seg);
-	if (!g) {
-		if (!(g = seg_slot(s)))
-			return -1;
-		sqlite3_stmt *st = s->st[S_GET_SEG];
-		sqlite3_bind_int64(st, 1, batch);
-		sqlite3_bind_int64(st, 2, seg);
-		int rc = sqlite3_step(st);
-		int n = 0;
-		if (rc == SQLITE_ROW)
-			n = segfmt_get_items(sqlite3_column_blob(st, 0),
-					     (size_t)sqlite3_column_bytes(st, 0), g->it, SEG_ITEMS);
-		sqlite3_reset(st);
-		if (rc == SQLITE_DONE)
-			return 0;
-		if (rc != SQLITE_ROW)
-			return db_fail(s, "segment");
-		if (n <= 0) {
-			log_error("db_corrupt", "batch=%lld seg=%lld msg=\"unreadable segment\"",
-				  (long long)batch, (long long)seg);
-			snprintf(s->last_error, sizeof s->last_error, "a segment of batch %lld is unreadable",
-				 (long long)batch);
-			return -1;
-		}
-		g->batch = batch;
-		g->seg = seg;
-		g->n = n;
-		g->dirty = 0;
-		s->last_seg = g;
-	}
-	g->used = ++s->tick;
-	*out = g;
-	return 1;
-}
-
-/* The item batch/idx: 1 with *g its segment and *it the item, 0 if there
- * is none, -1 on error. */
-static int item_get(struct store *s, int64_t batch, int64_t idx, struct segment **g,
-		    struct seg_item **it)
-{
-	if (idx < 0)
-		return 0;
-	int rc = seg_get(s, batch, idx / SEG_ITEMS, g);
-	if (rc <= 0)
-		return rc;
-	if (idx % SEG_ITEMS >= (*g)->n)
-		return 0;
-	*it = &(*g)->it[idx % SEG_ITEMS];
-	return 1;
-}
-
-/* Drops the cached segments of batch (retention deletes its rows). */
-void store_forget(struct store *s, int64_t batch)
-{
-	for (int i = 0; i < s->nsegs; i++)
-		if (s->segs[i]->batch == batch) {
-			s->segs[i]->batch = -1;
-			s->segs[i]->dirty = 0;
-		}
-	s->last_seg = NULL;
-	if (s->rg.batch == batch)
-		s->rg.batch = -1;
-	for (int i = 0; i < s->ncursors; i++)
-		if (s->cursors[i].batch == batch)
-			s->cursors[i].batch = 0;
-}
-
-/* ---- claim positions ---- */
-
-static struct cursor *cursor_find(struct store *s, int64_t batch)
-{
-	for (int i = 0; i < s->ncursors; i++)
-		if (s->cursors[i].batch == batch)
-			return &s->cursors[i];
-	return NULL;
-}
-
-static void cursor_set(struct store *s, int64_t batch, int64_t idx)
-{
-	struct cursor *c = cursor_find(s, batch);
-	if (!c) {
-		if (s->ncursors < NCURSORS)
-			c = &s->cursors[s->ncursors++];
-		else /* the oldest goes */
-			c = &s->cursors[s->next_cursor++ % NCURSORS];
-		c->batch = batch;
-	}
-	c->idx = idx;
-}
-
-/* An item of batch became pending again. */
-static void cursor_lower(struct store *s, int64_t batch, int64_t idx)
-{
-	struct cursor *c = cursor_find(s, batch);
-	if (c && idx < c->idx)
-		c->idx = idx;
-}
-
-/* ---- outcomes ---- */
-
-/* Appends f (its done_seq set) to its batch's group, writing the group first
- * if it is full. 0 / -1. */
-static int outcome_add(struct store *s, int64_t batch, const struct future *f)
-{
-	struct group *gr = NULL;
-	for (size_t i = s->ngroups; i-- > 0;)
-		if (s->groups[i].batch == batch) {
-			gr = &s->groups[i];
-			break;
-		}
-	if (!gr) {
-		if (s->ngroups == s->capgroups) {
-			s->capgroups = s->capgroups ? s->capgroups * 2 : 16;
-			s->groups = realloc(s->groups, s->capgroups * sizeof *s->groups);
-			if (!s->groups)
-				abort();
-		}
-		gr = &s->groups[s->ngroups++];
-		*gr = (struct group){.batch = batch};
-	}
-	size_t text = f->result_len + (f->error ? strlen(f->error) : 0);
-	if (gr->n == GROUP_RECS || (gr->n > 0 && gr->recs.len + text + 64 > GROUP_BYTES))
-		if (group_write(s, gr) < 0)
-			return -1;
-	segfmt_put_outcome(&gr->recs, f);
-	gr->n++;
-	gr->last_seq = f->done_seq;
-	return 0;
-}
-
-/* Moves a running (or, for cancels, pending) item to done state `to`, with
- * the next completion cursor. 1 done, 0 if it was not in state `from`, -1. */
-static int item_finish(struct store *s, int64_t batch, int64_t idx, enum fstate from, enum fstate to,
-		       enum ferr type, const char *text, size_t len, int64_t started_ms, int64_t now_ms)
-{
-	struct segment *g;
-	struct seg_item *it;
-	if (begin(s) < 0)
-		return -1;
-	int rc = item_get(s, batch, idx, &g, &it);
-	if (rc <= 0 || it->state != from)
-		return rc < 0 ? -1 : 0;
-	g->dirty = 1;
-	it->state = (uint8_t)to;
-	it->done_seq = ++s->done_seq;
-	if (started_ms >= 0)
-		it->started_ms = started_ms;
-	struct future f = {.index = idx, .state = to, .error_type = type, .attempts = it->attempts,
-			   .worker = it->worker, .started_ms = it->started_ms, .finished_ms = now_ms,
-			   .done_seq = it->done_seq};
-	if (to == FS_FINISHED) {
-		f.result = text;
-		f.result_len = len;
-	} else if (to == FS_FAILED) {
-		f.error = text;
-	}
-	if (outcome_add(s, batch, &f) < 0)
-		return -1;
-	s->now_ms = now_ms;
-	move_count(s, batch, from, to, 1);
-	return 1;
-}
-
-int store_finish(struct store *s, int64_t batch, int64_t idx, const char *result, size_t len,
-		 int64_t started_ms, int64_t now_ms)
-{
-	int rc = item_finish(s, batch, idx, FS_RUNNING, FS_FINISHED, FE_NONE, result, len, started_ms,
-			     now_ms);
-	return rc < 0 ? -1 : 0;
-}
-
-int store_fail(struct store *s, int64_t batch, int64_t idx, enum ferr type, const char *msg,
-	       int64_t started_ms, int64_t now_ms)
-{
-	int rc = item_finish(s, batch, idx, FS_RUNNING, FS_FAILED, type, msg ? msg : "", 0, started_ms,
-			     now_ms);
-	return rc < 0 ? -1 : 0;
-}
-
-int store_cancel_one(struct store *s, int64_t batch, int64_t idx, int64_t now_ms)
-{
-	return item_finish(s, batch, idx, FS_PENDING, FS_CANCELLED, FE_NONE, NULL, 0, -1, now_ms);
-}
-
-int store_cancel_running(struct store *s, int64_t batch, int64_t idx, int64_t now_ms)
-{
-	return item_finish(s, batch, idx, FS_RUNNING, FS_CANCELLED, FE_NONE, NULL, 0, -1, now_ms);
-}
-
-int store_cancel_pending(struct store *s, int64_t batch, int64_t size, int64_t now_ms)
-{
-	if (begin(s) < 0)
-		return -1;
-	/* Each cancelled future gets its own completion cursor, base + idx. */
-	int64_t base = s->done_seq + 1, n = 0;
-	struct cursor *c = cursor_find(s, batch);
-	for (int64_t seg = c ? c->idx / SEG_ITEMS : 0;; seg++) {
-		struct segment *g;
-		int rc = seg_get(s, batch, seg, &g);
-		if (rc < 0)
-			return -1;
-		if (rc == 0)
-			break;
-		for (int k = 0; k < g->n; k++) {
-			struct seg_item *it = &g->it[k];
-			if (it->state != FS_PENDING)
-				continue;
-			g->dirty = 1;
-			it->state = FS_CANCELLED;
-			it->done_seq = base + seg * SEG_ITEMS + k;
-			struct future f = {.index = seg * SEG_ITEMS + k, .state = FS_CANCELLED,
-					   .attempts = it->attempts, .started_ms = -1,
-					   .finished_ms = now_ms, .done_seq = it->done_seq};
-			if (outcome_add(s, batch, &f) < 0)
-				return -1;
-			n++;
-		}
-	}
-	if (n > 0) {
-		s->done_seq = base + size; /* past every cursor just given */
-		s->now_ms = now_ms;
-		move_count(s, batch, FS_PENDING, FS_CANCELLED, n);
-	}
-	return (int)(n > INT32_MAX ? INT32_MAX : n);
-}
-
-/* Running -> pending, the attempt given back or kept. */
-static void to_pending(struct store *s, int64_t batch, int64_t idx, struct seg_item *it, int give_back)
-{
-	it->state = FS_PENDING;
-	if (give_back && it->attempts > 0)
-		it->attempts--;
-	it->worker = 0;
-	it->started_ms = -1;
-	cursor_lower(s, batch, idx);
-	move_count(s, batch, FS_RUNNING, FS_PENDING, 1);
-}
-
-int store_requeue(struct store *s, int64_t batch, int64_t idx)
-{
-	struct segment *g;
-	struct seg_item *it;
-	if (begin(s) < 0)
-		return -1;
-	int rc = item_get(s, batch, idx, &g, &it);
-	if (rc <= 0 || it->state != FS_RUNNING)
-		return rc < 0 ? -1 : 0;
-	g->dirty = 1;
-	to_pending(s, batch, idx, it, 1);
-	return 0;
-}
-
-int store_retry(struct store *s, int64_t batch, int64_t idx, int64_t retries)
-{
-	struct segment *g;
-	struct seg_item *it;
-	if (begin(s) < 0)
-		return -1;
-	int rc = item_get(s, batch, idx, &g, &it);
-	if (rc <= 0 || it->state != FS_RUNNING || it->attempts > retries)
-		return rc < 0 ? -1 : 0;
-	g->dirty = 1;
-	to_pending(s, batch, idx, it, 0);
-	return 1;
-}
-
-static void take(struct segment *g, int k, int64_t pid, int64_t now_ms)
-{
-	struct seg_item *it = &g->it[k];
-	g->dirty = 1;
-	it->state = FS_RUNNING;
-	it->attempts++;
-	it->worker = pid;
-	it->started_ms = now_ms;
-}
-
-int store_claim(struct store *s, int64_t batch, int64_t max, int64_t pid, int64_t now_ms,
-		int64_t *idx, struct buf *args)
-{
-	if (begin(s) < 0)
-		return -1;
-	struct cursor *c = cursor_find(s, batch);
-	int64_t pos = c ? c->idx : 0, n = 0;
-	sqlite3_stmt *st = s->st[S_GET_ARGS];
-	while (n < max) {
-		struct segment *g;
-		int64_t seg = pos / SEG_ITEMS;
-		int rc = seg_get(s, batch, seg, &g);
-		if (rc < 0)
-			return -1;
-		if (rc == 0)
-			break;
-		/* The arguments are read only if the segment has a pending item. */
-		const char *line = NULL, *end = NULL;
-		int at = 0; /* the index in the segment that line is at */
-		int k = (int)(pos % SEG_ITEMS);
-		for (; k < g->n && n < max; k++) {
-			if (g->it[k].state != FS_PENDING)
-				continue;
-			if (!line) {
-				sqlite3_bind_int64(st, 1, batch);
-				sqlite3_bind_int64(st, 2, seg);
-				if (sqlite3_step(st) != SQLITE_ROW) {
-					sqlite3_reset(st);
-					return db_fail(s, "claim_args");
-				}
-				line = sqlite3_column_blob(st, 0);
-				end = line + sqlite3_column_bytes(st, 0);
-			}
-			for (; at < k && line < end; at++) {
-				const char *nl = memchr(line, '\n', (size_t)(end - line));
-				line = nl ? nl + 1 : end;
-			}
-			const char *nl = line < end ? memchr(line, '\n', (size_t)(end - line)) : NULL;
-			if (!nl) {
-				sqlite3_reset(st);
-				snprintf(s->last_error, sizeof s->last_error,
-					 "the arguments of batch %lld are unreadable", (long long)batch);
-				log_error("db_corrupt", "batch=%lld seg=%lld msg=\"unreadable arguments\"",
-					  (long long)batch, (long long)seg);
-				return -1;
-			}
-			buf_add(args, line, (size_t)(nl + 1 - line));
-			take(g, k, pid, now_ms);
-			idx[n++] = seg * SEG_ITEMS + k;
-		}
-		if (line)
-			sqlite3_reset(st);
-		pos = seg * SEG_ITEMS + k;
-		if (k < g->n || g->n < SEG_ITEMS)
-			break; /* max taken, or the batch's last segment */
-	}
-	cursor_set(s, batch, pos);
-	if (n == 0)
-		return 0;
-	s->now_ms = now_ms;
-	move_count(s, batch, FS_PENDING, FS_RUNNING, n);
-	return (int)n;
-}
-
-int store_claim_range(struct store *s, int64_t batch, int64_t first, int64_t last, int64_t pid,
-		      int64_t now_ms)
-{
-	if (begin(s) < 0)
-		return -1;
-	int n = 0;
-	for (int64_t i = first; i <= last; i++) {
-		struct segment *g;
-		struct seg_item *it;
-		int rc = item_get(s, batch, i, &g, &it);
-		if (rc < 0)
-			return -1;
-		if (rc == 0)
-			break;
-		if (it->state == FS_PENDING) {
-			take(g, (int)(i % SEG_ITEMS), pid, now_ms);
-			n++;
-		}
-	}
-	s->now_ms = now_ms;
-	move_count(s, batch, FS_PENDING, FS_RUNNING, n);
-	return n;
-}
-
-/* ---- reading futures ---- */
-
-/* The future of a segment's item that is not done. */
-static void open_future(const struct seg_item *it, int64_t idx, struct future *f)
-{
-	*f = (struct future){.index = idx, .state = (enum fstate)it->state, .attempts = it->attempts,
-			     .worker = it->worker, .started_ms = it->started_ms, .finished_ms = -1};
-}
-
-/* Decodes the group of batch holding cursor seq into s->rg. 1, 0 (none), -1. */
-static int rg_load(struct store *s, int64_t batch, int64_t seq)
-{
-	sqlite3_stmt *st = s->st[S_GROUP_AT];
-	sqlite3_bind_int64(st, 1, batch);
-	sqlite3_bind_int64(st, 2, seq);
-	int rc = sqlite3_step(st);
-	s->rg.batch = -1;
-	if (rc == SQLITE_ROW) {
-		buf_reset(&s->rg.blob);
-		buf_add(&s->rg.blob, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0));
-	}
-	sqlite3_reset(st);
-	if (rc == SQLITE_DONE)
-		return 0;
-	if (rc != SQLITE_ROW)
-		return db_fail(s, "outcomes");
-	const unsigned char *p = (const unsigned char *)s->rg.blob.data, *end = p + s->rg.blob.len;
-	s->rg.n = 0;
-	while (p < end) {
-		if (s->rg.n == s->rg.cap) {
-			s->rg.cap = s->rg.cap ? s->rg.cap * 2 : 64;
-			s->rg.f = realloc(s->rg.f, (size_t)s->rg.cap * sizeof *s->rg.f);
-			if (!s->rg.f)
-				abort();
-		}
-		if (segfmt_get_outcome(&p, end, &s->rg.f[s->rg.n]) < 0) {
-			log_error("db_corrupt", "batch=%lld seq=%lld msg=\"unreadable outcomes\"",
-				  (long long)batch, (long long)seq);
-			return -1;
-		}
-		s->rg.n++;
-	}
-	s->rg.batch = batch;
-	return 1;
-}
-
-/* The outcome with cursor seq of batch, or NULL (then *err says if that is
- * an error). Valid until the next call. */
-static const struct future *outcome_at(struct store *s, int64_t batch, int64_t seq, int *err)
-{
-	*err = 0;
-	for (int pass = 0; pass < 2; pass++) {
-		if (s->rg.batch == batch && s->rg.n > 0 && seq >= s->rg.f[0].done_seq &&
-		    seq <= s->rg.f[s->rg.n - 1].done_seq) {
-			int lo = 0, hi = s->rg.n - 1;
-			while (lo < hi) {
-				int mid = (lo + hi) / 2;
-				if (s->rg.f[mid].done_seq < seq)
-					lo = mid + 1;
-				else
-					hi = mid;
-			}
-			return s->rg.f[lo].done_seq == seq ? &s->rg.f[lo] : NULL;
-		}
-		if (pass == 0) {
-			int rc = rg_load(s, batch, seq);
-			if (rc <= 0) {
-				*err = rc < 0;
-				return NULL;
-			}
-		}
-	}
-	return NULL;
-}
-
-/* Calls fn for the item: its outcome if done. 0, or -1 on error. */
-static int emit(struct store *s, int64_t batch, int64_t idx, const struct seg_item *it,
-		void (*fn)(void *, const struct future *), void *arg)
-{
-	struct future f;
-	if (it->state >= FS_FINISHED) {
-		int err;
-		const struct future *o = outcome_at(s, batch, it->done_seq, &err);
-		if (!o) {
-			if (!err)
-				log_error("db_corrupt", "batch=%lld idx=%lld seq=%lld msg=\"outcome missing\"",
-					  (long long)batch, (long long)idx, (long long)it->done_seq);
-			return -1;
-		}
-		fn(arg, o);
-		return 0;
-	}
-	open_future(it, idx, &f);
-	fn(arg, &f);
-	return 0;
-}
-
-int store_future_get(struct store *s, int64_t batch, int64_t idx,
-		     void (*fn)(void *arg, const struct future *f), void *arg)
-{
-	struct segment *g;
-	struct seg_item *it;
-	if (flush_groups(s) < 0)
-		return -1;
-	int rc = item_get(s, batch, idx, &g, &it);
-	if (rc <= 0)
-		return rc;
-	return emit(s, batch, idx, it, fn, arg) < 0 ? -1 : 1;
-}
-
-/* Submission order: the items after `after`. */
-static int futures_by_index(struct store *s, int64_t batch, int64_t after, int64_t limit,
-			    void (*fn)(void *, const struct future *), void *arg)
-{
-	int64_t n = 0;
-	for (int64_t i = after < 0 ? 0 : after + 1; limit < 0 || n < limit;) {
-		struct segment *g;
-		int rc = seg_get(s, batch, i / SEG_ITEMS, &g);
-		if (rc < 0)
-			return -1;
-		if (rc == 0)
-			break;
-		int k = (int)(i % SEG_ITEMS);
-		if (k >= g->n)
-			break;
-		for (; k < g->n && (limit < 0 || n < limit); k++, i++, n++) {
-			/* fn may not touch the store; g stays put meanwhile. */
-			if (emit(s, batch, i, &g->it[k], fn, arg) < 0)
-				return -1;
-		}
-		if (k < g->n)
-			break;
-	}
-	return (int)n;
-}
-
-/* Completion order: outcomes with cursors in (after, committed]. */
-static int futures_by_done(struct store *s, int64_t batch, int64_t after, int64_t limit,
-			   void (*fn)(void *, const struct future *), void *arg)
-{
-	sqlite3_stmt *st = s->st[S_GROUPS_AFTER];
-	sqlite3_bind_int64(st, 1, batch);
-	sqlite3_bind_int64(st, 2, after);
-	int64_t n = 0;
-	int rc = SQLITE_DONE, stop = 0;
-	while (!stop && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		const unsigned char *p = sqlite3_column_blob(st, 0);
-		const unsigned char *end = p + sqlite3_column_bytes(st, 0);
-		struct future f;
-		while (p < end) {
-			if (segfmt_get_outcome(&p, end, &f) < 0) {
-				sqlite3_reset(st);
-				log_error("db_corrupt", "batch=%lld msg=\"unreadable outcomes\"", (long long)batch);
-				return -1;
-			}
-			if (f.done_seq <= after)
-				continue;
-			if (f.done_seq > s->done_seq_committed || (limit >= 0 && n >= limit)) {
-				stop = 1;
-				break;
-			}
-			fn(arg, &f);
-			n++;
-		}
-	}
-	if (!stop && rc != SQLITE_DONE) {
-		sqlite3_reset(st);
-		return db_fail(s, "futures");
-	}
-	sqlite3_reset(st);
-	return (int)n;
-}
-
-int store_futures(struct store *s, int64_t batch, int completed, int64_t after, int64_t limit,
-		  void (*fn)(void *arg, const struct future *f), void *arg)
-{
-	if (flush_groups(s) < 0)
-		return -1;
-	if (completed)
-		return futures_by_done(s, batch, after < 0 ? 0 : after, limit, fn, arg);
-	return futures_by_index(s, batch, after, limit, fn, arg);
-}
-
-/* ---- storing a new batch's items ---- */
-
-static struct builder *builder_for(struct store *s, int64_t batch)
-{
-	for (size_t i = 0; i < s->nbuilders; i++)
-		if (s->builders[i].batch == batch)
-			return &s->builders[i];
-	if (s->nbuilders == s->capbuilders) {
-		s->capbuilders = s->capbuilders ? s->capbuilders * 2 : 8;
-		s->builders = realloc(s->builders, s->capbuilders * sizeof *s->builders);
-		if (!s->builders)
-			abort();
-	}
-	struct builder *bl = &s->builders[s->nbuilders++];
-	*bl = (struct builder){.batch = batch};
-	return bl;
-}
-
-static void builder_drop(struct store *s, int64_t batch)
-{
-	for (size_t i = 0; i < s->nbuilders; i++)
-		if (s->builders[i].batch == batch) {
-			buf_free(&s->builders[i].args);
-			s->builders[i] = s->builders[--s->nbuilders];
-			return;
-		}
-}
-
-/* Writes the builder's segment (its items pending). */
-static int builder_write(struct store *s, struct builder *bl)
-{
-	if (bl->n == 0)
-		return 0;
-	int64_t seg = (bl->next - 1) / SEG_ITEMS;
-	static const struct seg_item pending[SEG_ITEMS] = {[0 ... SEG_ITEMS - 1] = {.started_ms = -1}};
-	buf_reset(&s->scratch);
-	segfmt_put_items(&s->scratch, pending, bl->n);
-	sqlite3_stmt *st = s->st[S_INS_SEG];
-	sqlite3_bind_int64(st, 1, bl->batch);
-	sqlite3_bind_int64(st, 2, seg);
-	sqlite3_bind_blob(st, 3, s->scratch.data, (int)s->scratch.len, SQLITE_STATIC);
-	if (run(s, S_INS_SEG) < 0)
-		return -1;
-	st = s->st[S_INS_ARGS];
-	sqlite3_bind_int64(st, 1, bl->batch);
-	sqlite3_bind_int64(st, 2, seg);
-	sqlite3_bind_blob(st, 3, bl->args.data, (int)bl->args.len, SQLITE_STATIC);
-	if (run(s, S_INS_ARGS) < 0)
-		return -1;
-	bl->n = 0;
-	buf_reset(&bl->args);
-	return 0;
-}
-
-static int add_item(struct store *s, int64_t batch, int64_t idx, const char *args, size_t len)
-{
-	struct builder *bl = builder_for(s, batch);
-	if (idx != bl->next || memchr(args, '\n', len)) {
-		log_error("store_item", "batch=%lld idx=%lld msg=\"items must come in order, one line each\"",
-			  (long long)batch, (long long)idx);
-		return -1;
-	}
-	buf_add(&bl->args, args, len);
-	buf_addc(&bl->args, '\n');
-	bl->n++;
-	bl->next++;
-	return bl->n == SEG_ITEMS ? builder_write(s, bl) : 0;
-}
+/* ---- opening: the directory, migration, recovery ---- */
 
 static int mkdirs_for(const char *path)
 {
@@ -1275,7 +466,7 @@ static int recover_batch(struct store *s, int64_t batch, int64_t *requeued)
 static int recover(struct store *s)
 {
 	int64_t n = 0;
-	if (begin(s) < 0)
+	if (db_begin(s) < 0)
 		return -1;
 	sqlite3_stmt *ids;
 	if (sqlite3_prepare_v2(s->db, "SELECT id FROM batches WHERE n_running > 0", -1, &ids, NULL) !=
@@ -1362,9 +553,9 @@ struct store *store_open(const char *path, int sync_full)
 	log_info("db_open", "path=\"%s\" journal_mode=wal synchronous=%s", path,
 		 sync == 2 ? "full" : sync == 1 ? "normal" : sync == 3 ? "extra" : "off");
 	for (int i = 0; i < S_NSTMTS; i++)
-		if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
+		if (sqlite3_prepare_v3(s->db, store_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
 		    SQLITE_OK) {
-			db_fail(s, sql[i]);
+			db_fail(s, store_sql[i]);
 			goto fail;
 		}
 	if (sqlite3_prepare_v2(s->db, "SELECT value FROM meta WHERE key = 'done_seq'", -1, &st,
@@ -1408,9 +599,11 @@ void store_close(struct store *s)
 	free(s);
 }
 
+/* ---- batches ---- */
+
 int store_batch_begin(struct store *s, struct batch *b)
 {
-	if (begin(s) < 0 || run(s, S_SP_BEGIN) < 0)
+	if (db_begin(s) < 0 || db_run(s, S_SP_BEGIN) < 0)
 		return -1;
 	sqlite3_stmt *st = s->st[S_INS_BATCH];
 	sqlite3_bind_text(st, 1, b->task, -1, SQLITE_STATIC);
@@ -1420,7 +613,7 @@ int store_batch_begin(struct store *s, struct batch *b)
 		sqlite3_bind_double(st, 4, b->timeout);
 	sqlite3_bind_int64(st, 5, b->created_ms);
 	sqlite3_bind_int64(st, 6, b->retries);
-	if (run(s, S_INS_BATCH) < 0) {
+	if (db_run(s, S_INS_BATCH) < 0) {
 		store_batch_end(s, 0);
 		return -1;
 	}
@@ -1448,10 +641,10 @@ int store_batch_end(struct store *s, int ok)
 	s->submitting = 0;
 	if (!ok) {
 		bcache_drop(s);
-		if (run(s, S_SP_UNDO) < 0)
+		if (db_run(s, S_SP_UNDO) < 0)
 			return -1;
 	}
-	return run(s, S_SP_RELEASE) < 0 || failed ? -1 : 0;
+	return db_run(s, S_SP_RELEASE) < 0 || failed ? -1 : 0;
 }
 
 static void read_batch(sqlite3_stmt *st, struct batch *b)
@@ -1568,7 +761,7 @@ int store_idem_get(struct store *s, const char *key, const unsigned char hash[32
 int store_idem_put(struct store *s, const char *key, const unsigned char hash[32], int64_t batch,
 		   int64_t now_ms)
 {
-	if (begin(s) < 0)
+	if (db_begin(s) < 0)
 		return -1;
 	sqlite3_stmt *st = prepare(s, "INSERT INTO idempotency (key, body_hash, batch_id, created_at)"
 				      " VALUES (?1, ?2, ?3, ?4)");
@@ -1599,7 +792,7 @@ int store_upload_begin(struct store *s, struct batch *b)
 
 int store_upload_item(struct store *s, int64_t batch, int64_t idx, const char *args, size_t len)
 {
-	if (begin(s) < 0)
+	if (db_begin(s) < 0)
 		return -1;
 	return add_item(s, batch, idx, args, len);
 }
@@ -1609,7 +802,7 @@ int store_upload_item(struct store *s, int64_t batch, int64_t idx, const char *a
 static int64_t run_once(struct store *s, const char *q, int64_t a, int64_t b, int64_t c)
 {
 	sqlite3_stmt *st;
-	if (begin(s) < 0)
+	if (db_begin(s) < 0)
 		return -1;
 	if (sqlite3_prepare_v2(s->db, q, -1, &st, NULL) != SQLITE_OK)
 		return db_fail(s, q);
@@ -1625,7 +818,7 @@ static int64_t run_once(struct store *s, const char *q, int64_t a, int64_t b, in
 int store_upload_seal(struct store *s, int64_t batch, int64_t size, int64_t chunksize)
 {
 	struct builder *bl = builder_for(s, batch);
-	int rc = bl->next == size && begin(s) == 0 && builder_write(s, bl) == 0 ? 0 : -1;
+	int rc = bl->next == size && db_begin(s) == 0 && builder_write(s, bl) == 0 ? 0 : -1;
 	builder_drop(s, batch);
 	if (rc < 0)
 		return -1;

@@ -1,0 +1,723 @@
+/* futures.c - the store's futures (see store.h; what it shares with store.c
+ * is in store_impl.h): the write-back cache of segments and the outcome
+ * groups, the claim cursors, every state change of a future (finish, fail,
+ * cancel, requeue, retry, claim), the reads of futures, and the segments of
+ * a new batch's items as they are submitted. The connection, transactions
+ * and batches are store.c's. */
+#include "store_impl.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "log.h"
+#include "segfmt.h"
+
+/* ---- segments and outcome groups: written back ---- */
+
+int seg_write(struct store *s, struct segment *g)
+{
+	buf_reset(&s->scratch);
+	segfmt_put_items(&s->scratch, g->it, g->n);
+	sqlite3_stmt *st = s->st[S_PUT_SEG];
+	sqlite3_bind_int64(st, 1, g->batch);
+	sqlite3_bind_int64(st, 2, g->seg);
+	sqlite3_bind_blob(st, 3, s->scratch.data, (int)s->scratch.len, SQLITE_STATIC);
+	if (db_run(s, S_PUT_SEG) < 0)
+		return -1;
+	g->dirty = 0;
+	return 0;
+}
+
+static int group_write(struct store *s, struct group *gr)
+{
+	if (gr->n == 0)
+		return 0;
+	sqlite3_stmt *st = s->st[S_INS_GROUP];
+	sqlite3_bind_int64(st, 1, gr->batch);
+	sqlite3_bind_int64(st, 2, gr->last_seq);
+	sqlite3_bind_blob(st, 3, gr->recs.data, (int)gr->recs.len, SQLITE_STATIC);
+	if (db_run(s, S_INS_GROUP) < 0)
+		return -1;
+	gr->n = 0;
+	buf_reset(&gr->recs);
+	return 0;
+}
+
+/* Writes the outcome groups (reads of outcomes need them in the database). */
+int flush_groups(struct store *s)
+{
+	for (size_t i = 0; i < s->ngroups; i++)
+		if (group_write(s, &s->groups[i]) < 0)
+			return -1;
+	for (size_t i = 0; i < s->ngroups; i++)
+		buf_free(&s->groups[i].recs);
+	s->ngroups = 0;
+	return 0;
+}
+
+/* ---- the segment cache ---- */
+
+/* The cached segment, or NULL. */
+static struct segment *seg_find(struct store *s, int64_t batch, int64_t seg)
+{
+	struct segment *g = s->last_seg;
+	if (g && g->batch == batch && g->seg == seg)
+		return g;
+	for (int i = 0; i < s->nsegs; i++) {
+		g = s->segs[i];
+		if (g->batch == batch && g->seg == seg)
+			return s->last_seg = g;
+	}
+	return NULL;
+}
+
+/* A free entry: an empty one, else the least recently used, written first
+ * if dirty. NULL on a write error. */
+static struct segment *seg_slot(struct store *s)
+{
+	if (s->nsegs < SEG_CACHE) {
+		struct segment *g = malloc(sizeof *g);
+		if (!g)
+			abort();
+		g->batch = -1;
+		g->dirty = 0;
+		return s->segs[s->nsegs++] = g;
+	}
+	struct segment *lru = NULL;
+	for (int i = 0; i < s->nsegs; i++) {
+		struct segment *g = s->segs[i];
+		if (g->batch < 0)
+			return g;
+		if (!lru || g->used < lru->used)
+			lru = g;
+	}
+	if (lru->dirty && seg_write(s, lru) < 0)
+		return NULL;
+	if (s->last_seg == lru)
+		s->last_seg = NULL;
+	lru->batch = -1;
+	return lru;
+}
+
+/* The segment as the transaction sees it: 1 and *out, 0 if the batch has no
+ * such segment, -1 on error. */
+int seg_get(struct store *s, int64_t batch, int64_t seg, struct segment **out)
+{
+	struct segment *g = seg_find(s, batch, seg);
+	if (!g) {
+		if (!(g = seg_slot(s)))
+			return -1;
+		sqlite3_stmt *st = s->st[S_GET_SEG];
+		sqlite3_bind_int64(st, 1, batch);
+		sqlite3_bind_int64(st, 2, seg);
+		int rc = sqlite3_step(st);
+		int n = 0;
+		if (rc == SQLITE_ROW)
+			n = segfmt_get_items(sqlite3_column_blob(st, 0),
+					     (size_t)sqlite3_column_bytes(st, 0), g->it, SEG_ITEMS);
+		sqlite3_reset(st);
+		if (rc == SQLITE_DONE)
+			return 0;
+		if (rc != SQLITE_ROW)
+			return db_fail(s, "segment");
+		if (n <= 0) {
+			log_error("db_corrupt", "batch=%lld seg=%lld msg=\"unreadable segment\"",
+				  (long long)batch, (long long)seg);
+			snprintf(s->last_error, sizeof s->last_error, "a segment of batch %lld is unreadable",
+				 (long long)batch);
+			return -1;
+		}
+		g->batch = batch;
+		g->seg = seg;
+		g->n = n;
+		g->dirty = 0;
+		s->last_seg = g;
+	}
+	g->used = ++s->tick;
+	*out = g;
+	return 1;
+}
+
+/* The item batch/idx: 1 with *g its segment and *it the item, 0 if there
+ * is none, -1 on error. */
+static int item_get(struct store *s, int64_t batch, int64_t idx, struct segment **g,
+		    struct seg_item **it)
+{
+	if (idx < 0)
+		return 0;
+	int rc = seg_get(s, batch, idx / SEG_ITEMS, g);
+	if (rc <= 0)
+		return rc;
+	if (idx % SEG_ITEMS >= (*g)->n)
+		return 0;
+	*it = &(*g)->it[idx % SEG_ITEMS];
+	return 1;
+}
+
+/* Drops the cached segments of batch (retention deletes its rows). */
+void store_forget(struct store *s, int64_t batch)
+{
+	for (int i = 0; i < s->nsegs; i++)
+		if (s->segs[i]->batch == batch) {
+			s->segs[i]->batch = -1;
+			s->segs[i]->dirty = 0;
+		}
+	s->last_seg = NULL;
+	if (s->rg.batch == batch)
+		s->rg.batch = -1;
+	for (int i = 0; i < s->ncursors; i++)
+		if (s->cursors[i].batch == batch)
+			s->cursors[i].batch = 0;
+}
+
+/* ---- claim positions ---- */
+
+static struct cursor *cursor_find(struct store *s, int64_t batch)
+{
+	for (int i = 0; i < s->ncursors; i++)
+		if (s->cursors[i].batch == batch)
+			return &s->cursors[i];
+	return NULL;
+}
+
+static void cursor_set(struct store *s, int64_t batch, int64_t idx)
+{
+	struct cursor *c = cursor_find(s, batch);
+	if (!c) {
+		if (s->ncursors < NCURSORS)
+			c = &s->cursors[s->ncursors++];
+		else /* the oldest goes */
+			c = &s->cursors[s->next_cursor++ % NCURSORS];
+		c->batch = batch;
+	}
+	c->idx = idx;
+}
+
+/* An item of batch became pending again. */
+static void cursor_lower(struct store *s, int64_t batch, int64_t idx)
+{
+	struct cursor *c = cursor_find(s, batch);
+	if (c && idx < c->idx)
+		c->idx = idx;
+}
+
+/* ---- outcomes ---- */
+
+/* Appends f (its done_seq set) to its batch's group, writing the group first
+ * if it is full. 0 / -1. */
+static int outcome_add(struct store *s, int64_t batch, const struct future *f)
+{
+	struct group *gr = NULL;
+	for (size_t i = s->ngroups; i-- > 0;)
+		if (s->groups[i].batch == batch) {
+			gr = &s->groups[i];
+			break;
+		}
+	if (!gr) {
+		if (s->ngroups == s->capgroups) {
+			s->capgroups = s->capgroups ? s->capgroups * 2 : 16;
+			s->groups = realloc(s->groups, s->capgroups * sizeof *s->groups);
+			if (!s->groups)
+				abort();
+		}
+		gr = &s->groups[s->ngroups++];
+		*gr = (struct group){.batch = batch};
+	}
+	size_t text = f->result_len + (f->error ? strlen(f->error) : 0);
+	if (gr->n == GROUP_RECS || (gr->n > 0 && gr->recs.len + text + 64 > GROUP_BYTES))
+		if (group_write(s, gr) < 0)
+			return -1;
+	segfmt_put_outcome(&gr->recs, f);
+	gr->n++;
+	gr->last_seq = f->done_seq;
+	return 0;
+}
+
+/* Moves a running (or, for cancels, pending) item to done state `to`, with
+ * the next completion cursor. 1 done, 0 if it was not in state `from`, -1. */
+static int item_finish(struct store *s, int64_t batch, int64_t idx, enum fstate from, enum fstate to,
+		       enum ferr type, const char *text, size_t len, int64_t started_ms, int64_t now_ms)
+{
+	struct segment *g;
+	struct seg_item *it;
+	if (db_begin(s) < 0)
+		return -1;
+	int rc = item_get(s, batch, idx, &g, &it);
+	if (rc <= 0 || it->state != from)
+		return rc < 0 ? -1 : 0;
+	g->dirty = 1;
+	it->state = (uint8_t)to;
+	it->done_seq = ++s->done_seq;
+	if (started_ms >= 0)
+		it->started_ms = started_ms;
+	struct future f = {.index = idx, .state = to, .error_type = type, .attempts = it->attempts,
+			   .worker = it->worker, .started_ms = it->started_ms, .finished_ms = now_ms,
+			   .done_seq = it->done_seq};
+	if (to == FS_FINISHED) {
+		f.result = text;
+		f.result_len = len;
+	} else if (to == FS_FAILED) {
+		f.error = text;
+	}
+	if (outcome_add(s, batch, &f) < 0)
+		return -1;
+	s->now_ms = now_ms;
+	move_count(s, batch, from, to, 1);
+	return 1;
+}
+
+int store_finish(struct store *s, int64_t batch, int64_t idx, const char *result, size_t len,
+		 int64_t started_ms, int64_t now_ms)
+{
+	int rc = item_finish(s, batch, idx, FS_RUNNING, FS_FINISHED, FE_NONE, result, len, started_ms,
+			     now_ms);
+	return rc < 0 ? -1 : 0;
+}
+
+int store_fail(struct store *s, int64_t batch, int64_t idx, enum ferr type, const char *msg,
+	       int64_t started_ms, int64_t now_ms)
+{
+	int rc = item_finish(s, batch, idx, FS_RUNNING, FS_FAILED, type, msg ? msg : "", 0, started_ms,
+			     now_ms);
+	return rc < 0 ? -1 : 0;
+}
+
+int store_cancel_one(struct store *s, int64_t batch, int64_t idx, int64_t now_ms)
+{
+	return item_finish(s, batch, idx, FS_PENDING, FS_CANCELLED, FE_NONE, NULL, 0, -1, now_ms);
+}
+
+int store_cancel_running(struct store *s, int64_t batch, int64_t idx, int64_t now_ms)
+{
+	return item_finish(s, batch, idx, FS_RUNNING, FS_CANCELLED, FE_NONE, NULL, 0, -1, now_ms);
+}
+
+int store_cancel_pending(struct store *s, int64_t batch, int64_t size, int64_t now_ms)
+{
+	if (db_begin(s) < 0)
+		return -1;
+	/* Each cancelled future gets its own completion cursor, base + idx. */
+	int64_t base = s->done_seq + 1, n = 0;
+	struct cursor *c = cursor_find(s, batch);
+	for (int64_t seg = c ? c->idx / SEG_ITEMS : 0;; seg++) {
+		struct segment *g;
+		int rc = seg_get(s, batch, seg, &g);
+		if (rc < 0)
+			return -1;
+		if (rc == 0)
+			break;
+		for (int k = 0; k < g->n; k++) {
+			struct seg_item *it = &g->it[k];
+			if (it->state != FS_PENDING)
+				continue;
+			g->dirty = 1;
+			it->state = FS_CANCELLED;
+			it->done_seq = base + seg * SEG_ITEMS + k;
+			struct future f = {.index = seg * SEG_ITEMS + k, .state = FS_CANCELLED,
+					   .attempts = it->attempts, .started_ms = -1,
+					   .finished_ms = now_ms, .done_seq = it->done_seq};
+			if (outcome_add(s, batch, &f) < 0)
+				return -1;
+			n++;
+		}
+	}
+	if (n > 0) {
+		s->done_seq = base + size; /* past every cursor just given */
+		s->now_ms = now_ms;
+		move_count(s, batch, FS_PENDING, FS_CANCELLED, n);
+	}
+	return (int)(n > INT32_MAX ? INT32_MAX : n);
+}
+
+/* Running -> pending, the attempt given back or kept. */
+void to_pending(struct store *s, int64_t batch, int64_t idx, struct seg_item *it, int give_back)
+{
+	it->state = FS_PENDING;
+	if (give_back && it->attempts > 0)
+		it->attempts--;
+	it->worker = 0;
+	it->started_ms = -1;
+	cursor_lower(s, batch, idx);
+	move_count(s, batch, FS_RUNNING, FS_PENDING, 1);
+}
+
+int store_requeue(struct store *s, int64_t batch, int64_t idx)
+{
+	struct segment *g;
+	struct seg_item *it;
+	if (db_begin(s) < 0)
+		return -1;
+	int rc = item_get(s, batch, idx, &g, &it);
+	if (rc <= 0 || it->state != FS_RUNNING)
+		return rc < 0 ? -1 : 0;
+	g->dirty = 1;
+	to_pending(s, batch, idx, it, 1);
+	return 0;
+}
+
+int store_retry(struct store *s, int64_t batch, int64_t idx, int64_t retries)
+{
+	struct segment *g;
+	struct seg_item *it;
+	if (db_begin(s) < 0)
+		return -1;
+	int rc = item_get(s, batch, idx, &g, &it);
+	if (rc <= 0 || it->state != FS_RUNNING || it->attempts > retries)
+		return rc < 0 ? -1 : 0;
+	g->dirty = 1;
+	to_pending(s, batch, idx, it, 0);
+	return 1;
+}
+
+static void take(struct segment *g, int k, int64_t pid, int64_t now_ms)
+{
+	struct seg_item *it = &g->it[k];
+	g->dirty = 1;
+	it->state = FS_RUNNING;
+	it->attempts++;
+	it->worker = pid;
+	it->started_ms = now_ms;
+}
+
+int store_claim(struct store *s, int64_t batch, int64_t max, int64_t pid, int64_t now_ms,
+		int64_t *idx, struct buf *args)
+{
+	if (db_begin(s) < 0)
+		return -1;
+	struct cursor *c = cursor_find(s, batch);
+	int64_t pos = c ? c->idx : 0, n = 0;
+	sqlite3_stmt *st = s->st[S_GET_ARGS];
+	while (n < max) {
+		struct segment *g;
+		int64_t seg = pos / SEG_ITEMS;
+		int rc = seg_get(s, batch, seg, &g);
+		if (rc < 0)
+			return -1;
+		if (rc == 0)
+			break;
+		/* The arguments are read only if the segment has a pending item. */
+		const char *line = NULL, *end = NULL;
+		int at = 0; /* the index in the segment that line is at */
+		int k = (int)(pos % SEG_ITEMS);
+		for (; k < g->n && n < max; k++) {
+			if (g->it[k].state != FS_PENDING)
+				continue;
+			if (!line) {
+				sqlite3_bind_int64(st, 1, batch);
+				sqlite3_bind_int64(st, 2, seg);
+				if (sqlite3_step(st) != SQLITE_ROW) {
+					sqlite3_reset(st);
+					return db_fail(s, "claim_args");
+				}
+				line = sqlite3_column_blob(st, 0);
+				end = line + sqlite3_column_bytes(st, 0);
+			}
+			for (; at < k && line < end; at++) {
+				const char *nl = memchr(line, '\n', (size_t)(end - line));
+				line = nl ? nl + 1 : end;
+			}
+			const char *nl = line < end ? memchr(line, '\n', (size_t)(end - line)) : NULL;
+			if (!nl) {
+				sqlite3_reset(st);
+				snprintf(s->last_error, sizeof s->last_error,
+					 "the arguments of batch %lld are unreadable", (long long)batch);
+				log_error("db_corrupt", "batch=%lld seg=%lld msg=\"unreadable arguments\"",
+					  (long long)batch, (long long)seg);
+				return -1;
+			}
+			buf_add(args, line, (size_t)(nl + 1 - line));
+			take(g, k, pid, now_ms);
+			idx[n++] = seg * SEG_ITEMS + k;
+		}
+		if (line)
+			sqlite3_reset(st);
+		pos = seg * SEG_ITEMS + k;
+		if (k < g->n || g->n < SEG_ITEMS)
+			break; /* max taken, or the batch's last segment */
+	}
+	cursor_set(s, batch, pos);
+	if (n == 0)
+		return 0;
+	s->now_ms = now_ms;
+	move_count(s, batch, FS_PENDING, FS_RUNNING, n);
+	return (int)n;
+}
+
+int store_claim_range(struct store *s, int64_t batch, int64_t first, int64_t last, int64_t pid,
+		      int64_t now_ms)
+{
+	if (db_begin(s) < 0)
+		return -1;
+	int n = 0;
+	for (int64_t i = first; i <= last; i++) {
+		struct segment *g;
+		struct seg_item *it;
+		int rc = item_get(s, batch, i, &g, &it);
+		if (rc < 0)
+			return -1;
+		if (rc == 0)
+			break;
+		if (it->state == FS_PENDING) {
+			take(g, (int)(i % SEG_ITEMS), pid, now_ms);
+			n++;
+		}
+	}
+	s->now_ms = now_ms;
+	move_count(s, batch, FS_PENDING, FS_RUNNING, n);
+	return n;
+}
+
+/* ---- reading futures ---- */
+
+/* The future of a segment's item that is not done. */
+static void open_future(const struct seg_item *it, int64_t idx, struct future *f)
+{
+	*f = (struct future){.index = idx, .state = (enum fstate)it->state, .attempts = it->attempts,
+			     .worker = it->worker, .started_ms = it->started_ms, .finished_ms = -1};
+}
+
+/* Decodes the group of batch holding cursor seq into s->rg. 1, 0 (none), -1. */
+static int rg_load(struct store *s, int64_t batch, int64_t seq)
+{
+	sqlite3_stmt *st = s->st[S_GROUP_AT];
+	sqlite3_bind_int64(st, 1, batch);
+	sqlite3_bind_int64(st, 2, seq);
+	int rc = sqlite3_step(st);
+	s->rg.batch = -1;
+	if (rc == SQLITE_ROW) {
+		buf_reset(&s->rg.blob);
+		buf_add(&s->rg.blob, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+	}
+	sqlite3_reset(st);
+	if (rc == SQLITE_DONE)
+		return 0;
+	if (rc != SQLITE_ROW)
+		return db_fail(s, "outcomes");
+	const unsigned char *p = (const unsigned char *)s->rg.blob.data, *end = p + s->rg.blob.len;
+	s->rg.n = 0;
+	while (p < end) {
+		if (s->rg.n == s->rg.cap) {
+			s->rg.cap = s->rg.cap ? s->rg.cap * 2 : 64;
+			s->rg.f = realloc(s->rg.f, (size_t)s->rg.cap * sizeof *s->rg.f);
+			if (!s->rg.f)
+				abort();
+		}
+		if (segfmt_get_outcome(&p, end, &s->rg.f[s->rg.n]) < 0) {
+			log_error("db_corrupt", "batch=%lld seq=%lld msg=\"unreadable outcomes\"",
+				  (long long)batch, (long long)seq);
+			return -1;
+		}
+		s->rg.n++;
+	}
+	s->rg.batch = batch;
+	return 1;
+}
+
+/* The outcome with cursor seq of batch, or NULL (then *err says if that is
+ * an error). Valid until the next call. */
+static const struct future *outcome_at(struct store *s, int64_t batch, int64_t seq, int *err)
+{
+	*err = 0;
+	for (int pass = 0; pass < 2; pass++) {
+		if (s->rg.batch == batch && s->rg.n > 0 && seq >= s->rg.f[0].done_seq &&
+		    seq <= s->rg.f[s->rg.n - 1].done_seq) {
+			int lo = 0, hi = s->rg.n - 1;
+			while (lo < hi) {
+				int mid = (lo + hi) / 2;
+				if (s->rg.f[mid].done_seq < seq)
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			return s->rg.f[lo].done_seq == seq ? &s->rg.f[lo] : NULL;
+		}
+		if (pass == 0) {
+			int rc = rg_load(s, batch, seq);
+			if (rc <= 0) {
+				*err = rc < 0;
+				return NULL;
+			}
+		}
+	}
+	return NULL;
+}
+
+/* Calls fn for the item: its outcome if done. 0, or -1 on error. */
+static int emit(struct store *s, int64_t batch, int64_t idx, const struct seg_item *it,
+		void (*fn)(void *, const struct future *), void *arg)
+{
+	struct future f;
+	if (it->state >= FS_FINISHED) {
+		int err;
+		const struct future *o = outcome_at(s, batch, it->done_seq, &err);
+		if (!o) {
+			if (!err)
+				log_error("db_corrupt", "batch=%lld idx=%lld seq=%lld msg=\"outcome missing\"",
+					  (long long)batch, (long long)idx, (long long)it->done_seq);
+			return -1;
+		}
+		fn(arg, o);
+		return 0;
+	}
+	open_future(it, idx, &f);
+	fn(arg, &f);
+	return 0;
+}
+
+int store_future_get(struct store *s, int64_t batch, int64_t idx,
+		     void (*fn)(void *arg, const struct future *f), void *arg)
+{
+	struct segment *g;
+	struct seg_item *it;
+	if (flush_groups(s) < 0)
+		return -1;
+	int rc = item_get(s, batch, idx, &g, &it);
+	if (rc <= 0)
+		return rc;
+	return emit(s, batch, idx, it, fn, arg) < 0 ? -1 : 1;
+}
+
+/* Submission order: the items after `after`. */
+static int futures_by_index(struct store *s, int64_t batch, int64_t after, int64_t limit,
+			    void (*fn)(void *, const struct future *), void *arg)
+{
+	int64_t n = 0;
+	for (int64_t i = after < 0 ? 0 : after + 1; limit < 0 || n < limit;) {
+		struct segment *g;
+		int rc = seg_get(s, batch, i / SEG_ITEMS, &g);
+		if (rc < 0)
+			return -1;
+		if (rc == 0)
+			break;
+		int k = (int)(i % SEG_ITEMS);
+		if (k >= g->n)
+			break;
+		for (; k < g->n && (limit < 0 || n < limit); k++, i++, n++) {
+			/* fn may not touch the store; g stays put meanwhile. */
+			if (emit(s, batch, i, &g->it[k], fn, arg) < 0)
+				return -1;
+		}
+		if (k < g->n)
+			break;
+	}
+	return (int)n;
+}
+
+/* Completion order: outcomes with cursors in (after, committed]. */
+static int futures_by_done(struct store *s, int64_t batch, int64_t after, int64_t limit,
+			   void (*fn)(void *, const struct future *), void *arg)
+{
+	sqlite3_stmt *st = s->st[S_GROUPS_AFTER];
+	sqlite3_bind_int64(st, 1, batch);
+	sqlite3_bind_int64(st, 2, after);
+	int64_t n = 0;
+	int rc = SQLITE_DONE, stop = 0;
+	while (!stop && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const unsigned char *p = sqlite3_column_blob(st, 0);
+		const unsigned char *end = p + sqlite3_column_bytes(st, 0);
+		struct future f;
+		while (p < end) {
+			if (segfmt_get_outcome(&p, end, &f) < 0) {
+				sqlite3_reset(st);
+				log_error("db_corrupt", "batch=%lld msg=\"unreadable outcomes\"", (long long)batch);
+				return -1;
+			}
+			if (f.done_seq <= after)
+				continue;
+			if (f.done_seq > s->done_seq_committed || (limit >= 0 && n >= limit)) {
+				stop = 1;
+				break;
+			}
+			fn(arg, &f);
+			n++;
+		}
+	}
+	if (!stop && rc != SQLITE_DONE) {
+		sqlite3_reset(st);
+		return db_fail(s, "futures");
+	}
+	sqlite3_reset(st);
+	return (int)n;
+}
+
+int store_futures(struct store *s, int64_t batch, int completed, int64_t after, int64_t limit,
+		  void (*fn)(void *arg, const struct future *f), void *arg)
+{
+	if (flush_groups(s) < 0)
+		return -1;
+	if (completed)
+		return futures_by_done(s, batch, after < 0 ? 0 : after, limit, fn, arg);
+	return futures_by_index(s, batch, after, limit, fn, arg);
+}
+
+/* ---- storing a new batch's items ---- */
+
+struct builder *builder_for(struct store *s, int64_t batch)
+{
+	for (size_t i = 0; i < s->nbuilders; i++)
+		if (s->builders[i].batch == batch)
+			return &s->builders[i];
+	if (s->nbuilders == s->capbuilders) {
+		s->capbuilders = s->capbuilders ? s->capbuilders * 2 : 8;
+		s->builders = realloc(s->builders, s->capbuilders * sizeof *s->builders);
+		if (!s->builders)
+			abort();
+	}
+	struct builder *bl = &s->builders[s->nbuilders++];
+	*bl = (struct builder){.batch = batch};
+	return bl;
+}
+
+void builder_drop(struct store *s, int64_t batch)
+{
+	for (size_t i = 0; i < s->nbuilders; i++)
+		if (s->builders[i].batch == batch) {
+			buf_free(&s->builders[i].args);
+			s->builders[i] = s->builders[--s->nbuilders];
+			return;
+		}
+}
+
+/* Writes the builder's segment (its items pending). */
+int builder_write(struct store *s, struct builder *bl)
+{
+	if (bl->n == 0)
+		return 0;
+	int64_t seg = (bl->next - 1) / SEG_ITEMS;
+	static const struct seg_item pending[SEG_ITEMS] = {[0 ... SEG_ITEMS - 1] = {.started_ms = -1}};
+	buf_reset(&s->scratch);
+	segfmt_put_items(&s->scratch, pending, bl->n);
+	sqlite3_stmt *st = s->st[S_INS_SEG];
+	sqlite3_bind_int64(st, 1, bl->batch);
+	sqlite3_bind_int64(st, 2, seg);
+	sqlite3_bind_blob(st, 3, s->scratch.data, (int)s->scratch.len, SQLITE_STATIC);
+	if (db_run(s, S_INS_SEG) < 0)
+		return -1;
+	st = s->st[S_INS_ARGS];
+	sqlite3_bind_int64(st, 1, bl->batch);
+	sqlite3_bind_int64(st, 2, seg);
+	sqlite3_bind_blob(st, 3, bl->args.data, (int)bl->args.len, SQLITE_STATIC);
+	if (db_run(s, S_INS_ARGS) < 0)
+		return -1;
+	bl->n = 0;
+	buf_reset(&bl->args);
+	return 0;
+}
+
+int add_item(struct store *s, int64_t batch, int64_t idx, const char *args, size_t len)
+{
+	struct builder *bl = builder_for(s, batch);
+	if (idx != bl->next || memchr(args, '\n', len)) {
+		log_error("store_item", "batch=%lld idx=%lld msg=\"items must come in order, one line each\"",
+			  (long long)batch, (long long)idx);
+		return -1;
+	}
+	buf_add(&bl->args, args, len);
+	buf_addc(&bl->args, '\n');
+	bl->n++;
+	bl->next++;
+	return bl->n == SEG_ITEMS ? builder_write(s, bl) : 0;
+}

@@ -1,0 +1,171 @@
+/* store_impl.h - the store's insides (its interface is store.h), shared by
+ * its two files and included by no other: store.c (the connection,
+ * transactions, migration and recovery, batches, idempotency keys, NDJSON
+ * uploads) and futures.c (the futures: segments, outcome groups, claims,
+ * state changes, reads, a new batch's items). Here: struct store and its
+ * parts, the ids of the prepared statements, and the internal helpers one
+ * of the two files defines and the other calls. */
+#ifndef FORKPOOL_STORE_IMPL_H
+#define FORKPOOL_STORE_IMPL_H
+
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "segfmt.h"
+#include "store.h"
+
+/* The statements store_open prepares once, by id; their texts are
+ * store_sql[id] (store.c). */
+enum stmt_id {
+	S_BEGIN,
+	S_COMMIT,
+	S_ROLLBACK,
+	S_SP_BEGIN,
+	S_SP_RELEASE,
+	S_SP_UNDO,
+	S_INS_BATCH,
+	S_GET_BATCH,
+	S_LIST_BATCHES,
+	S_PENDING_BATCHES,
+	S_COUNTS,
+	S_SET_SEQ,
+	S_INS_SEG,
+	S_INS_ARGS,
+	S_GET_SEG,
+	S_PUT_SEG,
+	S_GET_ARGS,
+	S_INS_GROUP,
+	S_GROUP_AT,
+	S_GROUPS_AFTER,
+	S_NSTMTS
+};
+
+extern const char *const store_sql[S_NSTMTS];
+
+/* A batch's counter changes not yet in its row (see store.c's top). */
+struct delta {
+	int64_t batch;
+	int64_t d[FS_NSTATES];
+};
+
+/* ---- what the transaction holds in memory ----
+ *
+ * Futures live in segments of SEG_ITEMS (segfmt.h). A state change edits the
+ * segment in a write-back cache; dirty segments are written at commit (or
+ * when the cache needs room), so a claim of 10,000 items or a burst of
+ * results costs one UPDATE per 256 items. Outcomes are appended to a group
+ * per batch, written when full and at commit. A rollback drops all of it. */
+#define SEG_CACHE 256 /* segments held: more than two chunks of 10,000 in flight */
+#define NCURSORS 128  /* batches whose claim position is remembered */
+
+struct segment {
+	int64_t batch, seg;
+	int n, dirty;
+	uint64_t used; /* the store's tick at its latest use (eviction) */
+	struct seg_item it[SEG_ITEMS];
+};
+
+/* Outcomes of one batch not yet written: records with increasing cursors. */
+struct group {
+	int64_t batch, last_seq;
+	int n;
+	struct buf recs;
+};
+
+/* A new batch's items not yet written: the segment being filled. */
+struct builder {
+	int64_t batch, next; /* next: the index the next item must have */
+	int n;
+	struct buf args;
+};
+
+/* Where a batch's claims go on: no item below idx is pending. A batch
+ * without one is claimed from index 0, so forgetting one is always safe. */
+struct cursor {
+	int64_t batch, idx;
+};
+
+struct store {
+	sqlite3 *db;
+	sqlite3_stmt *st[S_NSTMTS];
+	int in_txn;
+	int64_t done_seq, done_seq_saved;
+	/* The highest completion cursor committed: completion-order reads stop
+	 * there, so that a cursor handed to a client is never one a failed
+	 * commit takes back and gives to another future. */
+	int64_t done_seq_committed;
+	int64_t now_ms; /* time of the latest change, for finished_at */
+	struct delta *deltas;
+	size_t ndeltas, capdeltas;
+	/* SQLite rolled the open transaction back by itself (it may, on
+	 * SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM): the next store_commit
+	 * fails, so that the caller knows those writes are gone. */
+	int lost;
+	char last_error[256];
+	struct checkpointer *ckpt; /* store.c */
+	/* The batch store_batch_get read last, valid while the connection has
+	 * changed no row since (sqlite3_total_changes64 counts every write on
+	 * it, the retention sweeper's too) and nothing was rolled back (which
+	 * that count does not see): 2,000 long-polls woken by one batch then
+	 * cost one read, not 4,000. */
+	struct batch bcache;
+	int64_t bcache_changes; /* -1: empty */
+	struct segment *segs[SEG_CACHE];
+	int nsegs;
+	struct segment *last_seg; /* the latest found: most lookups hit it */
+	uint64_t tick;
+	struct group *groups;
+	size_t ngroups, capgroups;
+	struct builder *builders;
+	size_t nbuilders, capbuilders;
+	struct cursor cursors[NCURSORS];
+	int ncursors, next_cursor;
+	int64_t submitting; /* the batch between store_batch_begin and _end */
+	struct buf scratch; /* an items blob being written */
+	/* The outcome group a submission-order read found last: a copy of its
+	 * records, decoded (strings point into blob). */
+	struct {
+		int64_t batch;
+		struct buf blob;
+		struct future *f;
+		int n, cap;
+	} rg;
+};
+
+/* ---- the store's internals, not its interface ----
+ *
+ * Helpers one of store.c and futures.c defines and the other calls: they are
+ * not static only for that. Nothing outside those two files may call them. */
+
+/* store.c: transactions. db_fail logs the connection's error (op: what
+ * failed), notes whether SQLite rolled the transaction back, and returns -1;
+ * run steps statement id (no rows) and resets it, 0 / -1; begin opens the
+ * transaction if none is open, 0 / -1; move_count moves n items of batch
+ * from one state's counter to another's. */
+int db_fail(struct store *s, const char *op);
+int db_run(struct store *s, enum stmt_id id);
+int db_begin(struct store *s);
+void move_count(struct store *s, int64_t batch, enum fstate from, enum fstate to, int64_t n);
+
+/* futures.c: the segments and outcome groups (flushed by store.c's commit,
+ * read by its recovery). seg_write writes a cached segment back, 0 / -1;
+ * flush_groups writes every outcome group, 0 / -1; seg_get is a segment as
+ * the transaction sees it, 1 and *out, 0 if there is none, -1; to_pending
+ * puts a running item back to pending, its attempt given back or kept. */
+int seg_write(struct store *s, struct segment *g);
+int flush_groups(struct store *s);
+int seg_get(struct store *s, int64_t batch, int64_t seg, struct segment **out);
+void to_pending(struct store *s, int64_t batch, int64_t idx, struct seg_item *it, int give_back);
+
+/* futures.c: a new batch's items (submitted and uploaded through store.c).
+ * builder_for is batch's builder, made if there is none; builder_drop frees
+ * it; builder_write writes its segment, 0 / -1; add_item appends item idx,
+ * which must come next, 0 / -1. */
+struct builder *builder_for(struct store *s, int64_t batch);
+void builder_drop(struct store *s, int64_t batch);
+int builder_write(struct store *s, struct builder *bl);
+int add_item(struct store *s, int64_t batch, int64_t idx, const char *args, size_t len);
+
+#endif
