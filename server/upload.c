@@ -85,10 +85,10 @@ static const char *fast_int(const char *p, const char *e, int64_t *v)
 	int neg = p < e && *p == '-';
 	const char *d = p + neg, *q = d;
 	int64_t x = 0;
-	while (q < e && *q >= '0' && *q <= '9' && q - d < 19)
+	while (q < e && *q >= '0' && *q <= '9' && q - d < 18)
 		x = x * 10 + (*q++ - '0');
 	size_t nd = (size_t)(q - d);
-	if (nd == 0 || nd > 18 || (q < e && *q >= '0' && *q <= '9') || (nd > 1 && *d == '0') ||
+	if (nd == 0 || (q < e && *q >= '0' && *q <= '9') || (nd > 1 && *d == '0') ||
 	    (neg && x == 0))
 		return NULL;
 	if (q < e && (*q == '.' || *q == 'e' || *q == 'E'))
