@@ -18,13 +18,17 @@ CREATE TABLE segments (
 
 -- The items' arguments, apart from their states so that rewriting those never
 -- copies these: each item's JSON text followed by a newline, in index order.
--- Written once, when the batch is stored.
+-- Written once, when the batch is stored, and read once, when claimed. WITHOUT
+-- ROWID: one B-tree rather than a table and its key's index, one page fewer
+-- per submission (callgrind: 5.7% fewer instructions per W2 call, 2.6% more
+-- per W1 item, whose segments' arguments then spill into overflow pages).
+-- segments and outcomes, rewritten or read again and again, keep their rowid.
 CREATE TABLE seg_args (
 	batch_id INTEGER NOT NULL,
 	seg      INTEGER NOT NULL,
 	args     BLOB    NOT NULL,
 	PRIMARY KEY (batch_id, seg)
-);
+) WITHOUT ROWID;
 
 -- Done items' outcomes (result or error, times, attempts), in completion
 -- order: each row is a group of records with increasing completion cursors,
