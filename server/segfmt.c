@@ -30,7 +30,7 @@ static void done_at(struct buf *b, unsigned char *p)
 	b->data[b->len] = '\0';
 }
 
-static int get_uv(const unsigned char **p, const unsigned char *end, uint64_t *v)
+static inline int get_uv(const unsigned char **p, const unsigned char *end, uint64_t *v)
 {
 	if (*p < end && **p < 0x80) { /* most values: one byte */
 		*v = *(*p)++;
@@ -50,7 +50,7 @@ static int get_uv(const unsigned char **p, const unsigned char *end, uint64_t *v
 	return -1;
 }
 
-static int get_i64(const unsigned char **p, const unsigned char *end, int64_t *v)
+static inline int get_i64(const unsigned char **p, const unsigned char *end, int64_t *v)
 {
 	uint64_t x;
 	if (get_uv(p, end, &x) < 0 || x > INT64_MAX)
@@ -59,7 +59,7 @@ static int get_i64(const unsigned char **p, const unsigned char *end, int64_t *v
 	return 0;
 }
 
-static int get_opt(const unsigned char **p, const unsigned char *end, int64_t *v)
+static inline int get_opt(const unsigned char **p, const unsigned char *end, int64_t *v)
 {
 	if (get_i64(p, end, v) < 0)
 		return -1;
@@ -67,7 +67,7 @@ static int get_opt(const unsigned char **p, const unsigned char *end, int64_t *v
 	return 0;
 }
 
-static int get_byte(const unsigned char **p, const unsigned char *end, unsigned lim, int *v)
+static inline int get_byte(const unsigned char **p, const unsigned char *end, unsigned lim, int *v)
 {
 	if (*p >= end || **p >= lim)
 		return -1;
