@@ -17,7 +17,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "buf.h"
 #include "log.h"
@@ -511,6 +514,7 @@ struct store *store_open(const char *path, int sync_full)
 	struct store *s = calloc(1, sizeof *s);
 	if (!s)
 		return NULL;
+	s->lock_fd = -1;
 	bcache_drop(s);
 	if (mkdirs_for(path) < 0) {
 		log_error("db_open", "path=\"%s\" msg=\"cannot create its directory: %s\"", path,
@@ -526,6 +530,22 @@ struct store *store_open(const char *path, int sync_full)
 		sqlite3_close(s->db);
 		free(s);
 		return NULL;
+	}
+	/* Two servers on one database would both dispatch its pending items
+	 * and requeue each other's running ones (an old server still draining
+	 * while its replacement starts, say). flock() on a descriptor of the
+	 * file, held until after sqlite3_close: BSD locks are not SQLite's
+	 * POSIX ones, and this descriptor is closed only once SQLite is done. */
+	s->lock_fd = open(path, O_RDWR | O_CLOEXEC);
+	if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		int busy = s->lock_fd >= 0 && errno == EWOULDBLOCK;
+		log_error("db_in_use", "path=\"%s\" msg=\"%s\"", path,
+			  busy ? "another forkpoold has this database open; stop it first"
+			       : strerror(errno));
+		if (s->lock_fd >= 0)
+			close(s->lock_fd); /* SQLite holds no lock yet */
+		s->lock_fd = -1;
+		goto fail;
 	}
 	sqlite3_busy_timeout(s->db, 5000);
 	sqlite3_stmt *st;
@@ -581,9 +601,13 @@ void store_close(struct store *s)
 	for (int i = 0; i < S_NSTMTS; i++)
 		sqlite3_finalize(s->st[i]);
 	if (s->db) {
-		sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+		/* Not another server's database (the lock was refused). */
+		if (s->lock_fd >= 0)
+			sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
 		sqlite3_close(s->db);
 	}
+	if (s->lock_fd >= 0)
+		close(s->lock_fd); /* after sqlite3_close: see store_open */
 	free(s->deltas);
 	for (int i = 0; i < s->nsegs; i++)
 		free(s->segs[i]);

@@ -103,6 +103,7 @@ struct store {
 	 * SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM): the next store_commit
 	 * fails, so that the caller knows those writes are gone. */
 	int lost;
+	int lock_fd; /* the database file, flock()ed: one server per database */
 	char last_error[256];
 	struct checkpointer *ckpt; /* store.c */
 	/* The batch store_batch_get read last, valid while the connection has

@@ -731,3 +731,17 @@ TEST(store_restart_requeues_running_items_giving_back_all_but_each_workers_first
 	buf_free(&args);
 	store_close(s);
 }
+
+TEST(store_refuses_a_database_another_server_has_open)
+{
+	struct store *s = open_db();
+	int64_t id = add_batch(s, "square", 3);
+	/* A second server on the same file (an old one still draining while
+	 * its replacement starts) is refused and changes nothing. */
+	CHECK(store_open("./db/forkpool.db", 0) == NULL);
+	CHECK_INT(get(s, id).counts[FS_PENDING], 3);
+	store_close(s);
+	s = open_db(); /* free again once the first has closed */
+	CHECK_INT(get(s, id).counts[FS_PENDING], 3);
+	store_close(s);
+}
