@@ -168,6 +168,8 @@ void store_forget(struct store *s, int64_t batch)
 	s->last_seg = NULL;
 	if (s->rg.batch == batch)
 		s->rg.batch = -1;
+	if (s->resume.batch == batch)
+		s->resume.batch = -1;
 	for (int i = 0; i < s->ncursors; i++)
 		if (s->cursors[i].batch == batch)
 			s->cursors[i].batch = 0;
@@ -616,10 +618,15 @@ static int futures_by_done(struct store *s, int64_t batch, int64_t after, int64_
 	int64_t n = 0;
 	int rc = SQLITE_DONE, stop = 0;
 	while (!stop && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		const unsigned char *p = sqlite3_column_blob(st, 0);
+		const unsigned char *blob = sqlite3_column_blob(st, 0), *p = blob;
 		const unsigned char *end = p + sqlite3_column_bytes(st, 0);
+		int64_t last_seq = sqlite3_column_int64(st, 1);
+		if (s->resume.batch == batch && s->resume.last_seq == last_seq &&
+		    s->resume.seq == after && s->resume.off <= end - blob)
+			p += s->resume.off;
 		struct future f;
 		while (p < end) {
+			const unsigned char *rec = p;
 			if (segfmt_get_outcome(&p, end, &f) < 0) {
 				sqlite3_reset(st);
 				log_error("db_corrupt", "batch=%lld msg=\"unreadable outcomes\"", (long long)batch);
@@ -628,10 +635,15 @@ static int futures_by_done(struct store *s, int64_t batch, int64_t after, int64_
 			if (f.done_seq <= after)
 				continue;
 			if (f.done_seq > s->done_seq_committed || (limit >= 0 && n >= limit)) {
+				s->resume.batch = batch;
+				s->resume.last_seq = last_seq;
+				s->resume.seq = after;
+				s->resume.off = (int)(rec - blob);
 				stop = 1;
 				break;
 			}
 			fn(arg, &f);
+			after = f.done_seq;
 			n++;
 		}
 	}

@@ -69,7 +69,7 @@ const char *const store_sql[S_NSTMTS] = {
     [S_INS_GROUP] = "INSERT INTO outcomes (batch_id, last_seq, recs) VALUES (?1, ?2, ?3)",
     [S_GROUP_AT] = "SELECT recs FROM outcomes WHERE batch_id = ?1 AND last_seq >= ?2"
 		   " ORDER BY last_seq LIMIT 1",
-    [S_GROUPS_AFTER] = "SELECT recs FROM outcomes WHERE batch_id = ?1 AND last_seq > ?2"
+    [S_GROUPS_AFTER] = "SELECT recs, last_seq FROM outcomes WHERE batch_id = ?1 AND last_seq > ?2"
 		       " ORDER BY last_seq",
 };
 
@@ -232,6 +232,7 @@ static void drop_memory(struct store *s)
 	s->ngroups = 0;
 	s->ncursors = 0;
 	s->rg.batch = -1;
+	s->resume.batch = -1;
 	s->ndeltas = 0;
 	s->done_seq = s->done_seq_saved;
 }

@@ -123,6 +123,14 @@ struct store {
 	size_t nbuilders, capbuilders;
 	struct cursor cursors[NCURSORS];
 	int ncursors, next_cursor;
+	/* Where the latest completion-order read stopped inside a group:
+	 * the next page, asking for what comes after seq, starts at byte off
+	 * of group last_seq instead of decoding it from its start (groups are
+	 * never rewritten; a rollback forgets this). */
+	struct {
+		int64_t batch, last_seq, seq;
+		int off;
+	} resume;
 	int64_t submitting; /* the batch between store_batch_begin and _end */
 	struct buf scratch; /* an items blob being written */
 	/* The outcome group a submission-order read found last: a copy of its

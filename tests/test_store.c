@@ -745,3 +745,65 @@ TEST(store_refuses_a_database_another_server_has_open)
 	CHECK_INT(get(s, id).counts[FS_PENDING], 3);
 	store_close(s);
 }
+
+struct seqs {
+	int n;
+	int64_t seq[1200], idx[1200];
+};
+
+static void on_seqs(void *arg, const struct future *f)
+{
+	struct seqs *q = arg;
+	q->seq[q->n] = f->done_seq;
+	q->idx[q->n++] = f->index;
+}
+
+TEST(store_completion_pages_resume_inside_groups_exactly)
+{
+	/* 600 results over three groups (256 a group), read back in pages of
+	 * 7 from each page's cursor: the same as one read, whatever else is
+	 * read in between, and a page asked for twice is the same page. */
+	enum { N = 600 };
+	struct store *s = open_db();
+	int64_t id = add_batch(s, "square", N), other = add_batch(s, "square", 3);
+	int64_t *idx = malloc(N * sizeof *idx);
+	struct buf args = {0};
+	CHECK_INT(store_claim(s, id, N, 7, 4000, idx, &args), N);
+	CHECK_INT(store_claim(s, other, 3, 7, 4000, idx, &args), 3);
+	for (int i = 0; i < N; i++) {
+		int64_t k = (int64_t)(i * 7 % N); /* not in index order */
+		CHECK_INT(store_finish(s, id, k, "1", 1, 4000, 5000), 0);
+		if (i % 250 == 0)
+			CHECK_INT(store_finish(s, other, i / 250, "2", 1, 4000, 5000), 0);
+	}
+	CHECK_INT(store_commit(s), 0);
+	struct seqs *all = calloc(1, sizeof *all), *paged = calloc(1, sizeof *paged);
+	CHECK_INT(store_futures(s, id, 1, 0, -1, on_seqs, all), N);
+	int64_t after = 0;
+	for (int page = 0; paged->n < N; page++) {
+		int before = paged->n;
+		int got = store_futures(s, id, 1, after, 7, on_seqs, paged);
+		CHECK(got > 0);
+		if (page % 5 == 0) { /* the same page again */
+			struct seqs again = {0};
+			CHECK_INT(store_futures(s, id, 1, after, 7, on_seqs, &again), got);
+			CHECK_INT(again.seq[0], paged->seq[before]);
+		}
+		if (page % 3 == 0) { /* another batch's read in between */
+			struct seqs o = {0};
+			CHECK_INT(store_futures(s, other, 1, 0, 1, on_seqs, &o), 1);
+		}
+		after = paged->seq[paged->n - 1];
+	}
+	CHECK_INT(paged->n, N);
+	for (int i = 0; i < N; i++) {
+		CHECK_INT(paged->seq[i], all->seq[i]);
+		CHECK_INT(paged->idx[i], all->idx[i]);
+		CHECK_INT(all->idx[i], (int64_t)(i * 7 % N));
+	}
+	free(all);
+	free(paged);
+	free(idx);
+	buf_free(&args);
+	store_close(s);
+}
