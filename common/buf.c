@@ -99,15 +99,30 @@ void buf_json_cstr(struct buf *b, const char *s)
 /* Integers and times are written by hand: they are most of what a stream of
  * futures writes, and vsnprintf (with gmtime_r for times) cost ten times as
  * much (callgrind, 2,000 single-item batches). */
+/* "00" to "99": two digits a division (a stream writes three or four
+ * integers per future). */
+static const char digit_pairs[] = "00010203040506070809101112131415161718192021222324"
+				  "25262728293031323334353637383940414243444546474849"
+				  "50515253545556575859606162636465666768697071727374"
+				  "75767778798081828384858687888990919293949596979899";
+
 void buf_json_i64(struct buf *b, int64_t v)
 {
 	char tmp[24];
 	char *p = tmp + sizeof tmp;
 	uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
-	do {
-		*--p = (char)('0' + (int)(u % 10));
-		u /= 10;
-	} while (u);
+	while (u >= 100) {
+		unsigned d = (unsigned)(u % 100);
+		u /= 100;
+		p -= 2;
+		memcpy(p, digit_pairs + 2 * d, 2);
+	}
+	if (u >= 10) {
+		p -= 2;
+		memcpy(p, digit_pairs + 2 * u, 2);
+	} else {
+		*--p = (char)('0' + u);
+	}
 	if (v < 0)
 		*--p = '-';
 	buf_add(b, p, (size_t)(tmp + sizeof tmp - p));

@@ -61,5 +61,25 @@ TEST(buf_json_i64_writes_every_edge_exactly)
 		snprintf(want, sizeof want, "%lld", (long long)v[i]);
 		CHECK_STR(b.data, want);
 	}
+	/* Every digit count either side of each power of ten, and a spread. */
+	uint64_t x = 0x9E3779B97F4A7C15u;
+	for (int i = 0; i < 200000; i++) {
+		int64_t w;
+		if (i < 19 * 4) {
+			int64_t p10 = 1;
+			for (int k = 0; k < i / 4; k++)
+				p10 *= 10;
+			w = (i % 4 == 0 ? p10 - 1 : i % 4 == 1 ? p10 : i % 4 == 2 ? p10 + 1 : -p10);
+		} else {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			w = (int64_t)(x >> (i % 64));
+		}
+		buf_reset(&b);
+		buf_json_i64(&b, w);
+		char want[32];
+		snprintf(want, sizeof want, "%lld", (long long)w);
+		if (strcmp(b.data, want))
+			FAILF("%lld: wrote %s", (long long)w, b.data);
+	}
 	buf_free(&b);
 }
