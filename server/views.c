@@ -54,8 +54,10 @@ void future_json(struct buf *o, const struct future *f)
 {
 	buf_adds(o, "{\"index\":");
 	buf_json_i64(o, f->index);
-	buf_adds(o, ",\"state\":");
-	buf_json_cstr(o, fstate_names[f->state]);
+	/* The state names are plain words: no escaping to look for. */
+	buf_adds(o, ",\"state\":\"");
+	buf_adds(o, fstate_names[f->state]);
+	buf_addc(o, '"');
 	if (f->state == FS_FINISHED) {
 		buf_adds(o, ",\"result\":");
 		if (f->result)
