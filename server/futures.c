@@ -238,19 +238,31 @@ static int outcome_add(struct store *s, int64_t batch, const struct future *f)
 	return 0;
 }
 
+/* Opens the transaction and finds item batch/idx for a change from state
+ * `from`: 1 with *it (its segment marked dirty), 0 if it is not in that
+ * state (or does not exist), -1 on error. */
+static int item_edit(struct store *s, int64_t batch, int64_t idx, enum fstate from,
+		     struct seg_item **it)
+{
+	struct segment *g;
+	if (db_begin(s) < 0)
+		return -1;
+	int rc = item_get(s, batch, idx, &g, it);
+	if (rc <= 0 || (*it)->state != from)
+		return rc < 0 ? -1 : 0;
+	g->dirty = 1;
+	return 1;
+}
+
 /* Moves a running (or, for cancels, pending) item to done state `to`, with
  * the next completion cursor. 1 done, 0 if it was not in state `from`, -1. */
 static int item_finish(struct store *s, int64_t batch, int64_t idx, enum fstate from, enum fstate to,
 		       enum ferr type, const char *text, size_t len, int64_t started_ms, int64_t now_ms)
 {
-	struct segment *g;
 	struct seg_item *it;
-	if (db_begin(s) < 0)
-		return -1;
-	int rc = item_get(s, batch, idx, &g, &it);
-	if (rc <= 0 || it->state != from)
-		return rc < 0 ? -1 : 0;
-	g->dirty = 1;
+	int rc = item_edit(s, batch, idx, from, &it);
+	if (rc <= 0)
+		return rc;
 	it->state = (uint8_t)to;
 	it->done_seq = ++s->done_seq;
 	if (started_ms >= 0)
@@ -348,28 +360,22 @@ void to_pending(struct store *s, int64_t batch, int64_t idx, struct seg_item *it
 
 int store_requeue(struct store *s, int64_t batch, int64_t idx)
 {
-	struct segment *g;
 	struct seg_item *it;
-	if (db_begin(s) < 0)
-		return -1;
-	int rc = item_get(s, batch, idx, &g, &it);
-	if (rc <= 0 || it->state != FS_RUNNING)
-		return rc < 0 ? -1 : 0;
-	g->dirty = 1;
+	int rc = item_edit(s, batch, idx, FS_RUNNING, &it);
+	if (rc <= 0)
+		return rc;
 	to_pending(s, batch, idx, it, 1);
 	return 0;
 }
 
 int store_retry(struct store *s, int64_t batch, int64_t idx, int64_t retries)
 {
-	struct segment *g;
 	struct seg_item *it;
-	if (db_begin(s) < 0)
-		return -1;
-	int rc = item_get(s, batch, idx, &g, &it);
-	if (rc <= 0 || it->state != FS_RUNNING || it->attempts > retries)
-		return rc < 0 ? -1 : 0;
-	g->dirty = 1;
+	int rc = item_edit(s, batch, idx, FS_RUNNING, &it);
+	if (rc <= 0)
+		return rc;
+	if (it->attempts > retries)
+		return 0; /* it has had its runs: the caller fails it */
 	to_pending(s, batch, idx, it, 0);
 	return 1;
 }
