@@ -807,3 +807,38 @@ TEST(store_completion_pages_resume_inside_groups_exactly)
 	buf_free(&args);
 	store_close(s);
 }
+
+TEST(store_a_batch_of_whole_segments_ends_at_its_last_item)
+{
+	/* 512 items fill two segments exactly: claims, reads and a cancel
+	 * must stop at index 511 without looking for a third. */
+	enum { N = 2 * 256 };
+	struct store *s = open_db();
+	int64_t id = add_batch(s, "square", N);
+	int64_t idx[N + 1];
+	struct buf args = {0};
+	CHECK_INT(store_claim(s, id, N - 1, 7, 4000, idx, &args), N - 1);
+	CHECK_INT(store_claim(s, id, 10, 7, 4000, idx, &args), 1);
+	CHECK_INT(idx[0], N - 1);
+	CHECK_INT(store_claim(s, id, 10, 7, 4000, idx, &args), 0);
+	for (int i = 0; i < N; i += 2)
+		CHECK_INT(store_finish(s, id, i, "1", 1, 4000, 5000), 0);
+	for (int i = 1; i < N; i += 2)
+		CHECK_INT(store_requeue(s, id, i), 0);
+	CHECK_INT(store_cancel_pending(s, id, N, 6000), N / 2);
+	CHECK_INT(store_commit(s), 0);
+	struct seqs *q = calloc(1, sizeof *q);
+	CHECK_INT(store_futures(s, id, 0, -1, -1, on_seqs, q), N);
+	CHECK_INT(q->idx[N - 1], N - 1);
+	q->n = 0;
+	CHECK_INT(store_futures(s, id, 0, N - 2, -1, on_seqs, q), 1);
+	CHECK_INT(store_futures(s, id, 0, N - 1, -1, on_seqs, q), 0);
+	struct collect c = {0};
+	CHECK_INT(store_future_get(s, id, N, on_future, &c), 0);
+	CHECK_INT(store_future_get(s, id, N - 1, on_future, &c), 1);
+	CHECK_INT(c.state[0], FS_CANCELLED);
+	CHECK_INT(get(s, id).counts[FS_CANCELLED], N / 2);
+	free(q);
+	buf_free(&args);
+	store_close(s);
+}
