@@ -17,15 +17,22 @@
 
 /* ---- segments and outcome groups: written back ---- */
 
+/* Runs statement id, which writes the row (batch, key) with blob b. */
+static int write_row(struct store *s, enum stmt_id id, int64_t batch, int64_t key,
+		     const struct buf *b)
+{
+	sqlite3_stmt *st = s->st[id];
+	sqlite3_bind_int64(st, 1, batch);
+	sqlite3_bind_int64(st, 2, key);
+	sqlite3_bind_blob(st, 3, b->data, (int)b->len, SQLITE_STATIC);
+	return db_run(s, id);
+}
+
 int seg_write(struct store *s, struct segment *g)
 {
 	buf_reset(&s->scratch);
 	segfmt_put_items(&s->scratch, g->it, g->n);
-	sqlite3_stmt *st = s->st[S_PUT_SEG];
-	sqlite3_bind_int64(st, 1, g->batch);
-	sqlite3_bind_int64(st, 2, g->seg);
-	sqlite3_bind_blob(st, 3, s->scratch.data, (int)s->scratch.len, SQLITE_STATIC);
-	if (db_run(s, S_PUT_SEG) < 0)
+	if (write_row(s, S_PUT_SEG, g->batch, g->seg, &s->scratch) < 0)
 		return -1;
 	g->dirty = 0;
 	return 0;
@@ -35,11 +42,7 @@ static int group_write(struct store *s, struct group *gr)
 {
 	if (gr->n == 0)
 		return 0;
-	sqlite3_stmt *st = s->st[S_INS_GROUP];
-	sqlite3_bind_int64(st, 1, gr->batch);
-	sqlite3_bind_int64(st, 2, gr->last_seq);
-	sqlite3_bind_blob(st, 3, gr->recs.data, (int)gr->recs.len, SQLITE_STATIC);
-	if (db_run(s, S_INS_GROUP) < 0)
+	if (write_row(s, S_INS_GROUP, gr->batch, gr->last_seq, &gr->recs) < 0)
 		return -1;
 	gr->n = 0;
 	buf_reset(&gr->recs);
@@ -437,6 +440,8 @@ int store_claim(struct store *s, int64_t batch, int64_t max, int64_t pid, int64_
 				return -1;
 			}
 			buf_add(args, line, (size_t)(nl + 1 - line));
+			line = nl + 1; /* the next line, without scanning this one again */
+			at = k + 1;
 			take(g, k, pid, now_ms);
 			idx[n++] = seg * SEG_ITEMS + k;
 		}
@@ -708,17 +713,8 @@ int builder_write(struct store *s, struct builder *bl)
 	static const struct seg_item pending[SEG_ITEMS] = {[0 ... SEG_ITEMS - 1] = {.started_ms = -1}};
 	buf_reset(&s->scratch);
 	segfmt_put_items(&s->scratch, pending, bl->n);
-	sqlite3_stmt *st = s->st[S_INS_SEG];
-	sqlite3_bind_int64(st, 1, bl->batch);
-	sqlite3_bind_int64(st, 2, seg);
-	sqlite3_bind_blob(st, 3, s->scratch.data, (int)s->scratch.len, SQLITE_STATIC);
-	if (db_run(s, S_INS_SEG) < 0)
-		return -1;
-	st = s->st[S_INS_ARGS];
-	sqlite3_bind_int64(st, 1, bl->batch);
-	sqlite3_bind_int64(st, 2, seg);
-	sqlite3_bind_blob(st, 3, bl->args.data, (int)bl->args.len, SQLITE_STATIC);
-	if (db_run(s, S_INS_ARGS) < 0)
+	if (write_row(s, S_INS_SEG, bl->batch, seg, &s->scratch) < 0 ||
+	    write_row(s, S_INS_ARGS, bl->batch, seg, &bl->args) < 0)
 		return -1;
 	bl->n = 0;
 	buf_reset(&bl->args);

@@ -423,7 +423,6 @@ static int migrate(struct store *s)
 	return 0;
 }
 
-/* Items that were running when the previous process stopped run again. */
 /* Items that were running when the previous process stopped run again. A
  * claim counts an attempt for the whole chunk, but a worker runs its chunk
  * in index order: of a worker's running items only the first had started
@@ -826,11 +825,11 @@ int store_upload_item(struct store *s, int64_t batch, int64_t idx, const char *a
  * rows it changed, or -1. */
 static int64_t run_once(struct store *s, const char *q, int64_t a, int64_t b, int64_t c)
 {
-	sqlite3_stmt *st;
 	if (db_begin(s) < 0)
 		return -1;
-	if (sqlite3_prepare_v2(s->db, q, -1, &st, NULL) != SQLITE_OK)
-		return db_fail(s, q);
+	sqlite3_stmt *st = prepare(s, q);
+	if (!st)
+		return -1;
 	sqlite3_bind_int64(st, 1, a);
 	sqlite3_bind_int64(st, 2, b);
 	sqlite3_bind_int64(st, 3, c);
