@@ -28,11 +28,16 @@ static int ctl(int op, struct loop_watch *w, uint32_t events)
 		log_error("epoll_ctl", "fd=%d op=%d msg=\"%s\"", w->fd, op, strerror(errno));
 		return -1;
 	}
+	w->events = events;
 	return 0;
 }
 
 int loop_add(struct loop_watch *w, uint32_t events) { return ctl(EPOLL_CTL_ADD, w, events); }
-int loop_mod(struct loop_watch *w, uint32_t events) { return ctl(EPOLL_CTL_MOD, w, events); }
+
+int loop_mod(struct loop_watch *w, uint32_t events)
+{
+	return w->events == events ? 0 : ctl(EPOLL_CTL_MOD, w, events);
+}
 
 void loop_del(struct loop_watch *w)
 {

@@ -14,11 +14,14 @@ struct loop_watch {
 	int fd;
 	loop_fn fn;
 	void *arg;
+	uint32_t events; /* what it is watched for now (set by loop_add and loop_mod) */
 };
 
 /* 0 / -1 (logged). */
 int loop_init(void);
 int loop_add(struct loop_watch *w, uint32_t events);
+/* Changing a watch to what it already is makes no system call: a worker's
+ * socket was re-armed for EPOLLIN after every chunk sent. */
 int loop_mod(struct loop_watch *w, uint32_t events);
 void loop_del(struct loop_watch *w);
 /* Waits up to timeout_ms (-1: forever) and runs the callbacks of ready

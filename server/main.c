@@ -548,6 +548,11 @@ int main(int argc, char **argv)
 		 * replays its writes later, and the results of a batch that was
 		 * rolled back update nothing; the client was told 503. */
 		pool_dispatch();
+		/* Results already sent go in this commit too: a single-item
+		 * call then costs one commit, not two (its worker usually runs
+		 * as soon as the chunk wakes it, before this turn commits). */
+		if (pool_collect())
+			pool_dispatch();
 		commit(store);
 		if (http_pending())
 			http_run();

@@ -811,6 +811,18 @@ void pool_dispatch(void)
 	}
 }
 
+int pool_collect(void)
+{
+	int ended = 0;
+	for (struct worker *w = P.workers; w; w = w->next) {
+		if (w->state != W_BUSY || w->watch.fd < 0)
+			continue;
+		worker_io(&w->watch, EPOLLIN); /* a read that finds nothing is EAGAIN */
+		ended |= w->state != W_BUSY;
+	}
+	return ended;
+}
+
 static void describe_status(int status, char *out, size_t len)
 {
 	if (WIFSIGNALED(status))

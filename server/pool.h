@@ -37,6 +37,12 @@ int pool_start(struct store *s, const struct pool_config *c, pool_change_fn on_c
 void pool_add_batch(const struct batch *b);
 /* Sends chunks to idle workers while there is pending work. */
 void pool_dispatch(void);
+/* Handles the results the busy workers have already sent, without waiting:
+ * called before the turn's commit, so that a chunk that ran while the turn
+ * went on (a single-item round trip, whose worker often runs the moment it
+ * is woken) is stored in the same commit as its claim. Returns 1 if a
+ * chunk ended (a worker is idle again), else 0. */
+int pool_collect(void);
 /* Reaps exited workers: fails or requeues their items, starts replacements.
  * Call after SIGCHLD. */
 void pool_reap(void);
