@@ -1,8 +1,9 @@
 /* retention.c - expiry and purge of done batches (see retention.h).
  *
- * A batch's items live in three tables (schema/003_segments.sql): segments
- * and seg_args, a row per 256 items, and outcomes, a row per group of done
- * items. The sweeper's steps, one per loop turn while there is work, each its
+ * A batch's items live in three tables (schema/003_segments.sql, keyed as
+ * 004_fewer_pages.sql has it): segments and seg_args, a row per 256 items,
+ * and outcomes, a row per group of done items. Deleting a batch's row first
+ * raises meta's next_batch_id past its id, which is then never given again. The sweeper's steps, one per loop turn while there is work, each its
  * own short transaction taken only when the store has none open:
  *  1. delete up to STEP_ROWS rows of a batch whose row is gone, from the three
  *     tables together, and no more rows once STEP_BYTES bytes of them are
@@ -51,6 +52,7 @@ enum { T_OUTCOMES, T_ARGS, T_SEGMENTS, T_N };
 enum {
 	Q_SCAN,
 	Q_DEL_BATCH,
+	Q_ID_FLOOR,
 	Q_SIZES, /* + T_*: the sizes of a batch's first rows, in key order */
 	Q_DEL_ROWS = Q_SIZES + T_N, /* + T_*: a batch's first rows, in key order */
 	Q_NEXT_STORED = Q_DEL_ROWS + T_N,
@@ -62,21 +64,24 @@ static const char *const qsql[Q_N] = {
     [Q_SCAN] = "SELECT id, created_at, finished_at, n_pending + n_running FROM batches"
 	       " WHERE id > ?1 ORDER BY id LIMIT ?2",
     [Q_DEL_BATCH] = "DELETE FROM batches WHERE id = ?1",
+    /* A deleted batch's id is never given again (schema/004_fewer_pages.sql). */
+    [Q_ID_FLOOR] = "INSERT INTO meta (key, value) VALUES ('next_batch_id', ?1 + 1)"
+		   " ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
     /* length() of a blob reads no overflow page. */
     [Q_SIZES + T_OUTCOMES] = "SELECT length(recs) FROM outcomes WHERE batch_id = ?1"
 			     " ORDER BY last_seq LIMIT ?2",
     [Q_SIZES + T_ARGS] = "SELECT length(args) FROM seg_args WHERE batch_id = ?1 ORDER BY seg LIMIT ?2",
-    [Q_SIZES + T_SEGMENTS] = "SELECT length(items), items FROM segments WHERE batch_id = ?1"
-			     " ORDER BY seg LIMIT ?2",
+    [Q_SIZES + T_SEGMENTS] = "SELECT length(items), items FROM segments WHERE " SEG_RANGE_SQL
+			     " ORDER BY id LIMIT ?2",
     [Q_DEL_ROWS + T_OUTCOMES] = "DELETE FROM outcomes WHERE batch_id = ?1 AND last_seq IN"
 				" (SELECT last_seq FROM outcomes WHERE batch_id = ?1"
 				" ORDER BY last_seq LIMIT ?2)",
     [Q_DEL_ROWS + T_ARGS] = "DELETE FROM seg_args WHERE batch_id = ?1 AND seg IN"
 			    " (SELECT seg FROM seg_args WHERE batch_id = ?1 ORDER BY seg LIMIT ?2)",
-    [Q_DEL_ROWS + T_SEGMENTS] = "DELETE FROM segments WHERE batch_id = ?1 AND seg IN"
-				" (SELECT seg FROM segments WHERE batch_id = ?1 ORDER BY seg LIMIT ?2)",
+    [Q_DEL_ROWS + T_SEGMENTS] = "DELETE FROM segments WHERE id IN"
+				" (SELECT id FROM segments WHERE " SEG_RANGE_SQL " ORDER BY id LIMIT ?2)",
     /* Each min() is one index seek. */
-    [Q_NEXT_STORED] = "SELECT min(b) FROM (SELECT min(batch_id) AS b FROM segments WHERE batch_id > ?1"
+    [Q_NEXT_STORED] = "SELECT min(b) FROM (SELECT min(id) >> 22 AS b FROM segments WHERE id >= (?1 + 1) << 22"
 		      " UNION ALL SELECT min(batch_id) FROM seg_args WHERE batch_id > ?1"
 		      " UNION ALL SELECT min(batch_id) FROM outcomes WHERE batch_id > ?1)",
     [Q_HAS_BATCH] = "SELECT 1 FROM batches WHERE id = ?1",
@@ -189,6 +194,17 @@ static int run(int q)
 	sqlite3_reset(R.q[q]);
 	sqlite3_clear_bindings(R.q[q]);
 	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : db_fail(qsql[q]);
+}
+
+/* Deletes a batch's row, first raising next_batch_id past its id: if the
+ * delete then fails, an id was only skipped. */
+static int del_batch(int64_t id)
+{
+	sqlite3_bind_int64(R.q[Q_ID_FLOOR], 1, id);
+	if (run(Q_ID_FLOOR) < 0)
+		return -1;
+	sqlite3_bind_int64(R.q[Q_DEL_BATCH], 1, id);
+	return run(Q_DEL_BATCH);
 }
 
 static int begin(void)
@@ -345,10 +361,8 @@ static int expire_some(void)
 		if (begin() < 0)
 			return 1;
 		int ok = 1;
-		for (int i = 0; i < nexp && ok; i++) {
-			sqlite3_bind_int64(R.q[Q_DEL_BATCH], 1, ids[i]);
-			ok = run(Q_DEL_BATCH) == 0;
-		}
+		for (int i = 0; i < nexp && ok; i++)
+			ok = del_batch(ids[i]) == 0;
 		if (end(ok) < 0)
 			return 1;
 		for (int i = 0; i < nexp; i++) {
@@ -454,8 +468,7 @@ int retention_delete(struct http_req *r, int64_t id)
 	}
 	/* Inside the turn's transaction when one is open (then answered after
 	 * its commit), else on its own. */
-	sqlite3_bind_int64(R.q[Q_DEL_BATCH], 1, id);
-	if (run(Q_DEL_BATCH) < 0) {
+	if (del_batch(id) < 0) {
 		http_error(r, 503, "unavailable", "the database failed; see the server log and retry");
 		return 1;
 	}

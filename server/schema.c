@@ -15,7 +15,8 @@
 EMBED(schema_001, "schema/001_init.sql");
 EMBED(schema_002, "schema/002_retries_idempotency.sql");
 EMBED(schema_003, "schema/003_segments.sql");
-extern const char schema_001[], schema_002[], schema_003[];
+EMBED(schema_004, "schema/004_fewer_pages.sql");
+extern const char schema_001[], schema_002[], schema_003[], schema_004[];
 
-const char *const schema_migrations[] = {schema_001, schema_002, schema_003};
+const char *const schema_migrations[] = {schema_001, schema_002, schema_003, schema_004};
 const int schema_version = (int)(sizeof schema_migrations / sizeof schema_migrations[0]);

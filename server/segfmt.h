@@ -21,6 +21,12 @@
 #include "store.h"
 
 #define SEG_ITEMS 256 /* items per segment */
+/* A segment's row id is batch << 22 | seg (schema/004_fewer_pages.sql); as
+ * SQL of the parameters ?1 (batch) and ?2 (seg), and the rows of batch ?1. */
+#define SEG_ID_SQL "((?1 << 22) | ?2)"
+#define SEG_RANGE_SQL "id >= (?1 << 22) AND id < ((?1 + 1) << 22)"
+/* --max-items is at most 10^9 (main.c): a batch's segments fit in 22 bits. */
+_Static_assert((1000000000 + SEG_ITEMS - 1) / SEG_ITEMS < (1 << 22), "segment ids overlap");
 /* An outcome group is written when it holds GROUP_RECS records or
  * GROUP_BYTES bytes, and at the latest at the end of the transaction. */
 #define GROUP_RECS 256

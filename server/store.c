@@ -46,8 +46,12 @@ const char *const store_sql[S_NSTMTS] = {
     [S_SP_BEGIN] = "SAVEPOINT submit",
     [S_SP_RELEASE] = "RELEASE submit",
     [S_SP_UNDO] = "ROLLBACK TO submit",
-    [S_INS_BATCH] = "INSERT INTO batches (task, size, chunksize, timeout, created_at, n_pending,"
-		    " retries) VALUES (?1, ?2, ?3, ?4, ?5, ?2, ?6)",
+    /* Never an id given before, even if retention deleted the batch that
+     * had it (it raises next_batch_id): schema/004_fewer_pages.sql. */
+    [S_INS_BATCH] = "INSERT INTO batches (id, task, size, chunksize, timeout, created_at, n_pending,"
+		    " retries) VALUES (max(coalesce((SELECT max(id) FROM batches), 0),"
+		    " coalesce((SELECT value FROM meta WHERE key = 'next_batch_id'), 1) - 1) + 1,"
+		    " ?1, ?2, ?3, ?4, ?5, ?2, ?6)",
     /* A batch whose size is -1 is an NDJSON upload still arriving: nobody
      * sees it until it is sealed (store_upload_seal). */
     [S_GET_BATCH] = "SELECT " BATCH_COLS " FROM batches WHERE id = ?1 AND size >= 0",
@@ -61,10 +65,10 @@ const char *const store_sql[S_NSTMTS] = {
 		 " finished_at = CASE WHEN finished_at IS NULL AND n_pending + ?2 + n_running + ?3 = 0"
 		 " THEN ?7 ELSE finished_at END WHERE id = ?1",
     [S_SET_SEQ] = "UPDATE meta SET value = ?1 WHERE key = 'done_seq'",
-    [S_INS_SEG] = "INSERT INTO segments (batch_id, seg, items) VALUES (?1, ?2, ?3)",
+    [S_INS_SEG] = "INSERT INTO segments (id, items) VALUES (" SEG_ID_SQL ", ?3)",
     [S_INS_ARGS] = "INSERT INTO seg_args (batch_id, seg, args) VALUES (?1, ?2, ?3)",
-    [S_GET_SEG] = "SELECT items FROM segments WHERE batch_id = ?1 AND seg = ?2",
-    [S_PUT_SEG] = "UPDATE segments SET items = ?3 WHERE batch_id = ?1 AND seg = ?2",
+    [S_GET_SEG] = "SELECT items FROM segments WHERE id = " SEG_ID_SQL,
+    [S_PUT_SEG] = "UPDATE segments SET items = ?3 WHERE id = " SEG_ID_SQL,
     [S_GET_ARGS] = "SELECT args FROM seg_args WHERE batch_id = ?1 AND seg = ?2",
     [S_INS_GROUP] = "INSERT INTO outcomes (batch_id, last_seq, recs) VALUES (?1, ?2, ?3)",
     [S_GROUP_AT] = "SELECT recs FROM outcomes WHERE batch_id = ?1 AND last_seq >= ?2"
@@ -234,7 +238,8 @@ static void drop_memory(struct store *s)
 	s->rg.batch = -1;
 	s->resume.batch = -1;
 	s->ndeltas = 0;
-	s->done_seq = s->done_seq_saved;
+	s->done_seq = s->done_seq_committed;
+	s->seq_bound = s->seq_bound_committed;
 }
 
 int db_fail(struct store *s, const char *op)
@@ -321,11 +326,11 @@ static int flush_counts(struct store *s)
 			return -1;
 	}
 	s->ndeltas = 0;
-	if (s->done_seq != s->done_seq_saved) {
-		sqlite3_bind_int64(s->st[S_SET_SEQ], 1, s->done_seq);
+	if (s->done_seq > s->seq_bound) {
+		sqlite3_bind_int64(s->st[S_SET_SEQ], 1, s->done_seq + SEQ_BLOCK);
 		if (db_run(s, S_SET_SEQ) < 0)
 			return -1;
-		s->done_seq_saved = s->done_seq;
+		s->seq_bound = s->done_seq + SEQ_BLOCK;
 	}
 	return 0;
 }
@@ -361,6 +366,7 @@ int store_commit(struct store *s)
 	}
 	s->in_txn = 0;
 	s->done_seq_committed = s->done_seq;
+	s->seq_bound_committed = s->seq_bound;
 	return 0;
 }
 
@@ -466,36 +472,48 @@ static int recover_batch(struct store *s, int64_t batch, int64_t *requeued)
 	return rc;
 }
 
-static int recover(struct store *s)
+/* The ids of the batches a query selects, into *list (*n of them; free it).
+ * 0 / -1. */
+static int batch_ids(struct store *s, const char *sql, int64_t **list, size_t *n)
 {
-	int64_t n = 0;
-	if (db_begin(s) < 0)
-		return -1;
-	sqlite3_stmt *ids;
-	if (sqlite3_prepare_v2(s->db, "SELECT id FROM batches WHERE n_running > 0", -1, &ids, NULL) !=
-	    SQLITE_OK)
+	sqlite3_stmt *st;
+	size_t cap = 0;
+	*list = NULL;
+	*n = 0;
+	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
 		return db_fail(s, "recover");
-	int64_t *list = NULL;
-	size_t nlist = 0, cap = 0;
-	while (sqlite3_step(ids) == SQLITE_ROW) {
-		if (nlist == cap) {
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (*n == cap) {
 			cap = cap ? cap * 2 : 16;
-			list = realloc(list, cap * sizeof *list);
-			if (!list)
+			*list = realloc(*list, cap * sizeof **list);
+			if (!*list)
 				abort();
 		}
-		list[nlist++] = sqlite3_column_int64(ids, 0);
+		(*list)[(*n)++] = sqlite3_column_int64(st, 0);
 	}
-	sqlite3_finalize(ids);
-	int rc = 0;
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : db_fail(s, "recover");
+}
+
+static int recover(struct store *s)
+{
+	int64_t n = 0, *list;
+	size_t nlist;
+	if (db_begin(s) < 0)
+		return -1;
+	int rc = batch_ids(s, "SELECT id FROM batches WHERE n_running > 0", &list, &nlist);
 	for (size_t i = 0; rc == 0 && i < nlist; i++)
 		rc = recover_batch(s, list[i], &n);
 	free(list);
 	/* Uploads cut short by the stop were never accepted. */
 	if (rc == 0)
-		rc = exec(s, "DELETE FROM segments WHERE batch_id IN (SELECT id FROM batches WHERE size < 0);"
-			     "DELETE FROM seg_args WHERE batch_id IN (SELECT id FROM batches WHERE size < 0);"
-			     "DELETE FROM batches WHERE size < 0");
+		rc = batch_ids(s, "SELECT id FROM batches WHERE size < 0", &list, &nlist);
+	else
+		list = NULL, nlist = 0;
+	for (size_t i = 0; rc == 0 && i < nlist; i++)
+		rc = store_upload_abort(s, list[i]);
+	free(list);
 	if (rc < 0) {
 		exec(s, "ROLLBACK");
 		s->in_txn = 0;
@@ -581,7 +599,8 @@ struct store *store_open(const char *path, int sync_full)
 	if (sqlite3_prepare_v2(s->db, "SELECT value FROM meta WHERE key = 'done_seq'", -1, &st,
 			       NULL) == SQLITE_OK &&
 	    sqlite3_step(st) == SQLITE_ROW)
-		s->done_seq = s->done_seq_saved = s->done_seq_committed = sqlite3_column_int64(st, 0);
+		s->done_seq = s->done_seq_committed = s->seq_bound = s->seq_bound_committed =
+		    sqlite3_column_int64(st, 0);
 	sqlite3_finalize(st);
 	if (recover(s) < 0 || ckpt_start(s, path) < 0)
 		goto fail;
@@ -866,7 +885,7 @@ int store_upload_abort(struct store *s, int64_t batch)
 {
 	builder_drop(s, batch);
 	store_forget(s, batch);
-	if (run_once(s, "DELETE FROM segments WHERE batch_id = ?1", batch, 0, 0) < 0 ||
+	if (run_once(s, "DELETE FROM segments WHERE " SEG_RANGE_SQL, batch, 0, 0) < 0 ||
 	    run_once(s, "DELETE FROM seg_args WHERE batch_id = ?1", batch, 0, 0) < 0)
 		return -1;
 	return run_once(s, "DELETE FROM batches WHERE id = ?1 AND size < 0", batch, 0, 0) < 0 ? -1 : 0;

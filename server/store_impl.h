@@ -59,6 +59,7 @@ struct delta {
  * per batch, written when full and at commit. A rollback drops all of it. */
 #define SEG_CACHE 256 /* segments held: more than two chunks of 10,000 in flight */
 #define NCURSORS 128  /* batches whose claim position is remembered */
+#define SEQ_BLOCK 65536 /* how far meta's done_seq runs ahead of the cursors given */
 
 struct segment {
 	int64_t batch, seg;
@@ -91,7 +92,11 @@ struct store {
 	sqlite3 *db;
 	sqlite3_stmt *st[S_NSTMTS];
 	int in_txn;
-	int64_t done_seq, done_seq_saved;
+	/* done_seq: the latest completion cursor given. seq_bound: meta's
+	 * done_seq as this transaction leaves it, the highest cursor a restart
+	 * may have given (schema/004_fewer_pages.sql); raised SEQ_BLOCK at a
+	 * time, so most commits write no meta row. */
+	int64_t done_seq, seq_bound, seq_bound_committed;
 	/* The highest completion cursor committed: completion-order reads stop
 	 * there, so that a cursor handed to a client is never one a failed
 	 * commit takes back and gives to another future. */

@@ -176,6 +176,32 @@ TEST(retention_purge_deletes_a_done_batch_at_once)
 	server_stop(&s);
 }
 
+/* Ids are not AUTOINCREMENT (schema/004_fewer_pages.sql), yet the newest
+ * batch's id, purged, is not given again, not even after a restart. */
+TEST(retention_a_purged_batch_id_is_never_given_again)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t a = submit(&s, "{\"task\":\"square\",\"items\":[[5]]}");
+	int64_t b = submit(&s, "{\"task\":\"square\",\"items\":[[6]]}");
+	json_decref(wait_batch(&s, b, 60));
+	char path[64];
+	snprintf(path, sizeof path, "/v1/batches/%lld?purge=true", (long long)b);
+	CHECK_INT(status_of(&s, "DELETE", path), 200);
+	int64_t c = submit(&s, "{\"task\":\"square\",\"items\":[[7]]}");
+	CHECK_INT(c, b + 1);
+	json_decref(wait_batch(&s, c, 60));
+	snprintf(path, sizeof path, "/v1/batches/%lld?purge=true", (long long)c);
+	CHECK_INT(status_of(&s, "DELETE", path), 200);
+	server_stop(&s);
+	server_start(&s, "--workers", "1", NULL); /* the same database */
+	CHECK_INT(submit(&s, "{\"task\":\"square\",\"items\":[[8]]}"), c + 1);
+	json_t *first = wait_batch(&s, a, 60);
+	CHECK_INT(jint(jget(first, "counts"), "finished"), 1);
+	json_decref(first);
+	server_stop(&s);
+}
+
 TEST(retention_purge_refuses_a_batch_that_is_not_done_and_a_bad_value)
 {
 	struct server s;

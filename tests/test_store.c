@@ -8,6 +8,7 @@
 #include "buf.h"
 #include "harness.h"
 #include "schema.h"
+#include "segfmt.h"
 #include "store.h"
 
 static struct store *open_db(void)
@@ -839,6 +840,188 @@ TEST(store_a_batch_of_whole_segments_ends_at_its_last_item)
 	CHECK_INT(c.state[0], FS_CANCELLED);
 	CHECK_INT(get(s, id).counts[FS_CANCELLED], N / 2);
 	free(q);
+	buf_free(&args);
+	store_close(s);
+}
+
+/* ---- schema 4: fewer pages a commit (schema/004_fewer_pages.sql) ---- */
+
+static int64_t meta_value(struct store *s, const char *key)
+{
+	sqlite3_stmt *st;
+	CHECK_INT(sqlite3_prepare_v2(store_sqlite(s), "SELECT value FROM meta WHERE key = ?1", -1, &st,
+				     NULL),
+		  SQLITE_OK);
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	int64_t v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+	sqlite3_finalize(st);
+	return v;
+}
+
+static int wal_frames; /* the WAL's size in frames after the latest commit */
+
+static int count_frames(void *arg, sqlite3 *db, const char *name, int frames)
+{
+	(void)arg, (void)db, (void)name;
+	wal_frames = frames;
+	return SQLITE_OK;
+}
+
+/* Frames (pages) the commit of what the store holds now writes. */
+static int commit_frames(struct store *s)
+{
+	int before = wal_frames;
+	CHECK_INT(store_commit(s), 0);
+	return wal_frames - before;
+}
+
+TEST(store_a_submission_writes_three_pages_and_its_result_four)
+{
+	struct store *s = open_db();
+	/* This connection's hook counts frames from now on, in place of the
+	 * checkpointer's (store_close checkpoints). */
+	sqlite3_wal_hook(store_sqlite(s), count_frames, NULL);
+	int64_t idx[1];
+	struct buf args = {0};
+	/* One batch through first: the tables' first pages exist, and the
+	 * completion cursors' bound is written. */
+	int64_t warm = add_batch(s, "echo", 1);
+	CHECK_INT(store_claim(s, warm, 1, 7, 2000, idx, &args), 1);
+	CHECK_INT(store_finish(s, warm, 0, "1", 1, 2000, 2001), 0);
+	CHECK_INT(store_commit(s), 0);
+	struct batch b = {.size = 1, .chunksize = 1, .created_ms = 3000};
+	strcpy(b.task, "echo");
+	CHECK_INT(store_batch_begin(s, &b), 0);
+	CHECK_INT(store_batch_item(s, b.id, 0, "[5]", 3), 0);
+	CHECK_INT(store_batch_end(s, 1), 0);
+	int first = commit_frames(s);
+	printf("    submission: %d pages\n", first);
+	CHECK(first >= 1 && first <= 3); /* batches, segments, seg_args */
+	CHECK_INT(store_claim(s, b.id, 1, 7, 3001, idx, &args), 1);
+	CHECK_INT(store_finish(s, b.id, 0, "5", 1, 3001, 3002), 0);
+	int result = commit_frames(s);
+	printf("    claim and result: %d pages\n", result);
+	CHECK(result >= 1 && result <= 4); /* batches, segments, outcomes and its index */
+	buf_free(&args);
+	store_close(s);
+}
+
+TEST(store_completion_cursors_go_on_above_the_bound_after_a_restart)
+{
+	struct store *s = open_db();
+	int64_t id = add_batch(s, "square", 3), idx[3];
+	struct buf args = {0};
+	CHECK_INT(store_claim(s, id, 3, 7, 2000, idx, &args), 3);
+	CHECK_INT(store_finish(s, id, 0, "0", 1, 2000, 2001), 0);
+	CHECK_INT(store_commit(s), 0);
+	struct collect c = {0};
+	CHECK_INT(store_futures(s, id, 1, -1, -1, on_future, &c), 1);
+	int64_t bound = meta_value(s, "done_seq");
+	CHECK(bound >= c.seq[0] + 65536);
+	/* More results within the bound write no meta row. */
+	CHECK_INT(store_finish(s, id, 1, "1", 1, 2000, 2002), 0);
+	CHECK_INT(store_commit(s), 0);
+	CHECK_INT(meta_value(s, "done_seq"), bound);
+	store_close(s);
+
+	s = open_db(); /* item 2 was running: it is pending again */
+	CHECK_INT(store_claim(s, id, 3, 8, 2003, idx, &args), 1);
+	CHECK_INT(store_finish(s, id, 2, "4", 1, 2003, 2004), 0);
+	CHECK_INT(store_commit(s), 0);
+	c.n = 0;
+	CHECK_INT(store_futures(s, id, 1, -1, -1, on_future, &c), 3);
+	CHECK_INT(c.idx[0], 0);
+	CHECK_INT(c.idx[1], 1);
+	CHECK_INT(c.idx[2], 2);
+	CHECK(c.seq[0] < c.seq[1]);
+	CHECK(c.seq[2] > bound); /* never a cursor the last run may have given */
+	CHECK(meta_value(s, "done_seq") >= c.seq[2] + 65536);
+	/* and the stream goes on from a cursor of the previous run */
+	c.n = 0;
+	CHECK_INT(store_futures(s, id, 1, c.seq[0], -1, on_future, &c), 2);
+	buf_free(&args);
+	store_close(s);
+}
+
+/* A version 3 database (AUTOINCREMENT ids; segments and outcomes keyed by
+ * batch_id) keeps its batches, items and id sequence through migration 4. */
+TEST(store_migrates_a_v3_database_and_never_reuses_its_ids)
+{
+	sqlite3 *db;
+	CHECK_INT(sqlite3_open("./v3.db", &db), SQLITE_OK);
+	for (int v = 0; v < 3; v++)
+		CHECK_INT(sqlite3_exec(db, schema_migrations[v], NULL, NULL, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, NULL), SQLITE_OK);
+	/* Batches 1..5, then the newest deleted: the next id is 6, not 5. */
+	for (int i = 1; i <= 5; i++)
+		CHECK_INT(sqlite3_exec(db,
+				       "INSERT INTO batches (task, size, chunksize, created_at, n_pending,"
+				       " n_finished) VALUES ('square', 2, 1, 1000, 1, 1)",
+				       NULL, NULL, NULL),
+			  SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, "DELETE FROM batches WHERE id = 5", NULL, NULL, NULL), SQLITE_OK);
+	/* Batch 4: item 0 finished (cursor 9), item 1 pending. */
+	struct seg_item it[2] = {{.state = FS_FINISHED, .attempts = 1, .worker = 77, .started_ms = 1500,
+				  .done_seq = 9},
+				 {.state = FS_PENDING, .started_ms = -1}};
+	struct future f = {.index = 0, .state = FS_FINISHED, .attempts = 1, .worker = 77,
+			   .started_ms = 1500, .finished_ms = 1600, .result = "16", .result_len = 2,
+			   .done_seq = 9};
+	struct buf items = {0}, recs = {0};
+	segfmt_put_items(&items, it, 2);
+	segfmt_put_outcome(&recs, &f);
+	sqlite3_stmt *st;
+	CHECK_INT(sqlite3_prepare_v2(db, "INSERT INTO segments (batch_id, seg, items) VALUES (4, 0, ?1)",
+				     -1, &st, NULL),
+		  SQLITE_OK);
+	sqlite3_bind_blob(st, 1, items.data, (int)items.len, SQLITE_STATIC);
+	CHECK_INT(sqlite3_step(st), SQLITE_DONE);
+	sqlite3_finalize(st);
+	CHECK_INT(sqlite3_exec(db, "INSERT INTO seg_args (batch_id, seg, args) VALUES (4, 0, '[4]\n[5]\n')",
+			       NULL, NULL, NULL),
+		  SQLITE_OK);
+	CHECK_INT(sqlite3_prepare_v2(db, "INSERT INTO outcomes (batch_id, last_seq, recs) VALUES (4, 9, ?1)",
+				     -1, &st, NULL),
+		  SQLITE_OK);
+	sqlite3_bind_blob(st, 1, recs.data, (int)recs.len, SQLITE_STATIC);
+	CHECK_INT(sqlite3_step(st), SQLITE_DONE);
+	sqlite3_finalize(st);
+	CHECK_INT(sqlite3_exec(db, "UPDATE meta SET value = 9 WHERE key = 'done_seq'", NULL, NULL, NULL),
+		  SQLITE_OK);
+	sqlite3_close(db);
+	buf_free(&items);
+	buf_free(&recs);
+
+	struct store *s = store_open("./v3.db", 0);
+	CHECK(s != NULL);
+	CHECK_INT(meta_value(s, "next_batch_id"), 6);
+	struct batch b = get(s, 4);
+	CHECK_INT(b.size, 2);
+	CHECK_INT(b.counts[FS_FINISHED], 1);
+	struct collect c = {0};
+	CHECK_INT(store_futures(s, 4, 0, -1, -1, on_future, &c), 2);
+	CHECK_INT(c.state[0], FS_FINISHED);
+	CHECK_STR(c.text[0], "16");
+	CHECK_INT(c.state[1], FS_PENDING);
+	int64_t idx[2];
+	struct buf args = {0};
+	CHECK_INT(store_claim(s, 4, 2, 7, 2000, idx, &args), 1);
+	CHECK_STR(args.data, "[5]\n");
+	CHECK_INT(store_finish(s, 4, 1, "25", 2, 2000, 2001), 0);
+	CHECK_INT(store_commit(s), 0);
+	c.n = 0;
+	CHECK_INT(store_futures(s, 4, 1, -1, -1, on_future, &c), 2);
+	CHECK_INT(c.seq[0], 9);
+	CHECK(c.seq[1] > 9);
+	CHECK_INT(add_batch(s, "square", 1), 6);
+	CHECK_INT(add_batch(s, "square", 1), 7);
+	/* The virtual columns read as the old ones did. */
+	CHECK_INT(sqlite3_prepare_v2(store_sqlite(s), "SELECT count(*) FROM segments WHERE batch_id = 4 AND seg = 0",
+				     -1, &st, NULL),
+		  SQLITE_OK);
+	CHECK_INT(sqlite3_step(st), SQLITE_ROW);
+	CHECK_INT(sqlite3_column_int(st, 0), 1);
+	sqlite3_finalize(st);
 	buf_free(&args);
 	store_close(s);
 }
