@@ -54,6 +54,7 @@ static struct {
 	struct task_series *tasks;
 	int ntasks;
 	uint64_t worker_starts;
+	uint64_t chunks, chunk_items;
 	struct {
 		char name[24];
 		uint64_t n;
@@ -138,6 +139,12 @@ void metrics_items_cancelled(const char *name, int64_t n)
 }
 
 void metrics_worker_start(void) { M.worker_starts++; }
+
+void metrics_chunk(int64_t items)
+{
+	M.chunks++;
+	M.chunk_items += (uint64_t)items;
+}
 
 void metrics_worker_exit(const char *reason)
 {
@@ -358,6 +365,11 @@ void metrics_handle(struct http_req *r)
 		buf_printf(&o, "forkpool_workers{state=\"%s\"} %lld\n", wstates[i], (long long)wc.n[i]);
 	family(&o, "forkpool_workers_resident_bytes", "gauge", "Resident memory of all worker processes.");
 	buf_printf(&o, "forkpool_workers_resident_bytes %lld\n", (long long)wc.rss);
+	family(&o, "forkpool_chunks_total", "counter",
+	       "Chunks sent to workers (one may gather the items of several small batches).");
+	buf_printf(&o, "forkpool_chunks_total %llu\n", (unsigned long long)M.chunks);
+	family(&o, "forkpool_chunk_items_total", "counter", "Items sent to workers in chunks.");
+	buf_printf(&o, "forkpool_chunk_items_total %llu\n", (unsigned long long)M.chunk_items);
 	family(&o, "forkpool_worker_starts_total", "counter", "Worker processes started.");
 	buf_printf(&o, "forkpool_worker_starts_total %llu\n", (unsigned long long)M.worker_starts);
 	family(&o, "forkpool_worker_exits_total", "counter",

@@ -32,6 +32,8 @@ void metrics_item_done(const char *task, enum fstate state, enum ferr err, int64
 void metrics_items_cancelled(const char *task, int64_t n);
 /* A worker process was started / was reaped (reason as logged by the pool:
  * max_tasks, shutdown, timeout, died, start_failed, cancelled). */
+/* A chunk of n items went to a worker. */
+void metrics_chunk(int64_t items);
 void metrics_worker_start(void);
 void metrics_worker_exit(const char *reason);
 /* An HTTP answer went out with this status. */

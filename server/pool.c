@@ -55,24 +55,30 @@ struct worker {
 	size_t out_off;
 	int64_t tasks_run, started_ms;
 	int64_t spawned_mono_ms; /* for the start deadline */
-	char task[TASK_NAME_MAX]; /* the chunk's task and its batch's submission (metrics) */
-	int64_t batch_created_ms;
-	/* the chunk in flight */
-	int64_t batch;
-	int64_t timeout_ns; /* 0: none */
-	int64_t *idx;
+	char task[TASK_NAME_MAX]; /* the chunk's task */
+	/* the chunk in flight: its items, from one batch or several (see
+	 * send_chunk), all with the same task, timeout and retries */
+	struct slot *slot;
 	size_t n, done, cap;
+	int64_t timeout_ns; /* 0: none */
 	int killed;       /* we killed it (timeout) */
 	int64_t term_at;  /* monotonic ms of the timeout's SIGTERM; 0: SIGKILL sent or none */
 	int64_t retries;  /* the chunk's batch's */
 	const char *retire; /* replace it when its chunk ends ("max_memory"), or NULL */
 	int64_t rss_checked_ms;
-	int cancelled; /* killed by pool_terminate_batch: its items become cancelled */
+	int cancelled; /* killed by pool_terminate_batch: those of its items become cancelled */
 	int64_t kill_pos; /* the item that overran */
 	char *fatal;      /* why it cannot serve (its F record), or NULL */
 	struct loop_watch errw; /* the read end of its stderr; fd -1 once closed */
 	struct buf errline;	/* a line of it not yet ended */
 	struct worker *next;
+};
+
+/* An item of the chunk a worker runs. */
+struct slot {
+	int64_t batch, idx;
+	int64_t created_ms; /* its batch's submission (metrics: the wait) */
+	int cancelled;	    /* its batch was cancelled while it was in the chunk */
 };
 
 struct qbatch {
@@ -90,6 +96,7 @@ static struct {
 	struct worker *workers;
 	int nworkers; /* not counting RETIRING ones */
 	struct qbatch *qhead, *qtail;
+	int nqueued;
 	int stopping;
 	int draining; /* pool_drain: no new chunks, no new workers */
 	/* The writes since the last commit (see "the pool's writes" below). */
@@ -104,9 +111,27 @@ static struct {
 	int64_t respawn_at; /* monotonic ms; 0: none due */
 	char health[512];   /* why the last worker could not start; "": it could */
 	struct buf chunk;   /* scratch for building chunk frames */
+	int64_t claimed[CHUNK_CAP]; /* scratch: the indexes one claim took */
 } P;
 
 static void worker_io(struct loop_watch *lw, uint32_t events);
+
+static void queue_append(struct qbatch *q)
+{
+	q->next = NULL;
+	*(P.qtail ? &P.qtail->next : &P.qhead) = q;
+	P.qtail = q;
+	P.nqueued++;
+}
+
+static void queue_prepend(struct qbatch *q)
+{
+	q->next = P.qhead;
+	P.qhead = q;
+	if (!P.qtail)
+		P.qtail = q;
+	P.nqueued++;
+}
 
 static void queue_push(const struct qbatch *src)
 {
@@ -117,22 +142,24 @@ static void queue_push(const struct qbatch *src)
 	if (!q)
 		abort();
 	*q = *src;
+	queue_append(q);
+}
+
+/* Takes q (whose predecessor is prev, or NULL) out of the queue. */
+static void queue_unlink(struct qbatch *prev, struct qbatch *q)
+{
+	*(prev ? &prev->next : &P.qhead) = q->next;
+	if (P.qtail == q)
+		P.qtail = prev;
 	q->next = NULL;
-	if (P.qtail)
-		P.qtail->next = q;
-	else
-		P.qhead = q;
-	P.qtail = q;
+	P.nqueued--;
 }
 
 static struct qbatch *queue_pop(void)
 {
 	struct qbatch *q = P.qhead;
-	if (q) {
-		P.qhead = q->next;
-		if (!P.qhead)
-			P.qtail = NULL;
-	}
+	if (q)
+		queue_unlink(NULL, q);
 	return q;
 }
 
@@ -647,8 +674,8 @@ static void handle_record(struct worker *w, char *line, size_t len)
 	}
 	p = end + 1;
 	int64_t now = now_unix_ms(), started = now - micros / 1000;
-	int64_t idx = w->idx[w->done];
-	struct op o = {.batch = w->batch, .idx = idx, .started = started, .now = now};
+	const struct slot *sl = &w->slot[w->done];
+	struct op o = {.batch = sl->batch, .idx = sl->idx, .started = started, .now = now};
 	if (line[0] == 'R') {
 		o.kind = OP_FINISH;
 		op_do(o, p, len - (size_t)(p - line), 1);
@@ -661,7 +688,7 @@ static void handle_record(struct worker *w, char *line, size_t len)
 		json_decref(msg);
 	}
 	metrics_item_done(w->task, line[0] == 'R' ? FS_FINISHED : FS_FAILED,
-			  line[0] == 'R' ? FE_NONE : FE_TASK, micros, started - w->batch_created_ms);
+			  line[0] == 'R' ? FE_NONE : FE_TASK, micros, started - sl->created_ms);
 	w->done++;
 	check_memory(w);
 	if (w->done == w->n)
@@ -729,17 +756,54 @@ static void worker_io(struct loop_watch *lw, uint32_t events)
 	}
 }
 
-/* Claims a chunk of q's pending items and sends it to w. Returns how many
- * items, 0 if none is pending, -1 on a database error. */
+/* Claims up to max of q's pending items into w's chunk (its slots from
+ * w->n on, their arguments onto P.chunk). Returns how many, or -1. */
+static int claim_into(struct worker *w, struct qbatch *q, int64_t max, int64_t now)
+{
+	int n = store_claim(P.store, q->id, max, w->pid, now, P.claimed, &P.chunk);
+	if (n < 0) {
+		P.op_failed = 1;
+		return -1;
+	}
+	if (n == 0)
+		return 0;
+	op_do((struct op){.kind = OP_CLAIM, .batch = q->id, .idx = P.claimed[0],
+			  .last = P.claimed[n - 1], .arg = w->pid, .now = now},
+	      NULL, 0, 0);
+	for (int i = 0; i < n; i++)
+		w->slot[w->n++] = (struct slot){.batch = q->id, .idx = P.claimed[i],
+						.created_ms = q->created_ms};
+	return n;
+}
+
+/* Whether q's items may share a chunk with first's: the same task, and the
+ * same timeout and retries, which a worker applies to its whole chunk. */
+static int same_terms(const struct qbatch *q, const struct qbatch *first)
+{
+	return q->timeout == first->timeout && q->retries == first->retries &&
+	       !strcmp(q->task, first->task);
+}
+
+/* Claims a chunk and sends it to w: up to q's chunksize of q's pending
+ * items and then, while the chunk is smaller than a share of the queue,
+ * items of the batches queued behind q on the same terms. Many small
+ * batches (single-item calls from many clients) then travel a few chunks
+ * a turn instead of one each, and the worker's results come back, and are
+ * committed, together. The share is the queue's length over twice the
+ * workers (guided self-scheduling): it shrinks as the queue empties, so a
+ * worker never holds much that another, idle, could have run. Batches whose
+ * last pending items go out leave the queue (q is left to the caller).
+ * Returns how many of q's items went, 0 if none was pending, -1 on a
+ * database error. */
 static int send_chunk(struct worker *w, struct qbatch *q)
 {
-	int64_t max = q->chunksize < CHUNK_CAP ? q->chunksize : CHUNK_CAP;
-	if (P.cfg.max_tasks_per_child > 0 && P.cfg.max_tasks_per_child - w->tasks_run < max)
-		max = P.cfg.max_tasks_per_child - w->tasks_run;
-	if ((size_t)max > w->cap) {
-		w->cap = (size_t)max;
-		w->idx = realloc(w->idx, w->cap * sizeof *w->idx);
-		if (!w->idx)
+	int64_t room = CHUNK_CAP;
+	if (P.cfg.max_tasks_per_child > 0 && P.cfg.max_tasks_per_child - w->tasks_run < room)
+		room = P.cfg.max_tasks_per_child - w->tasks_run;
+	if (w->cap < CHUNK_CAP) {
+		w->cap = CHUNK_CAP;
+		w->slot = realloc(w->slot, w->cap * sizeof *w->slot);
+		if (!w->slot)
 			abort();
 	}
 	buf_reset(&P.chunk);
@@ -748,36 +812,53 @@ static int send_chunk(struct worker *w, struct qbatch *q)
 	size_t count_at = P.chunk.len;
 	buf_adds(&P.chunk, "0000000000\n"); /* the count, filled in below */
 	int64_t now = now_unix_ms();
-	int n = store_claim(P.store, q->id, max, w->pid, now, w->idx, &P.chunk);
-	if (n < 0)
-		P.op_failed = 1;
-	if (n <= 0)
-		return n;
-	op_do((struct op){.kind = OP_CLAIM, .batch = q->id, .idx = w->idx[0], .last = w->idx[n - 1],
-			  .arg = w->pid, .now = now},
-	      NULL, 0, 0);
+	w->n = 0;
+	int first = claim_into(w, q, q->chunksize < room ? q->chunksize : room, now);
+	if (first <= 0)
+		return first;
+	int64_t share = P.nqueued / (2 * (int64_t)(P.cfg.workers > 0 ? P.cfg.workers : 1));
+	if (share > room)
+		share = room;
+	struct qbatch *prev = NULL, *p = P.qhead;
+	for (int looked = 0; p && (int64_t)w->n < share && looked < 4 * share; looked++) {
+		struct qbatch *next = p->next;
+		if (same_terms(p, q)) {
+			int64_t want = share - (int64_t)w->n;
+			if (p->chunksize < want)
+				want = p->chunksize;
+			int got = claim_into(w, p, want, now);
+			if (got < 0)
+				break; /* the commit will tell; what is claimed goes */
+			if (got < want) { /* nothing of it is pending any more */
+				queue_unlink(prev, p);
+				free(p);
+				p = next;
+				continue;
+			}
+		}
+		prev = p;
+		p = next;
+	}
 	char cnt[12];
-	snprintf(cnt, sizeof cnt, "%010d", n);
+	snprintf(cnt, sizeof cnt, "%010d", (int)w->n);
 	memcpy(P.chunk.data + count_at, cnt, 10);
 	frame_end(&P.chunk, off);
-	w->batch = q->id;
 	w->retries = q->retries;
 	memcpy(w->task, q->task, sizeof w->task);
-	w->batch_created_ms = q->created_ms;
 	/* A task may bring its own limit (a tasks file's timeout): the lower wins. */
 	double timeout = q->timeout;
 	const struct task_info *ti = catalog_find(q->task);
 	if (ti && ti->timeout > 0 && (timeout <= 0 || ti->timeout < timeout))
 		timeout = ti->timeout;
 	w->timeout_ns = (int64_t)(timeout * 1e9);
-	w->n = (size_t)n;
 	w->done = 0;
 	w->killed = 0;
 	w->state = W_BUSY;
 	atomic_store_explicit(&w->prog->item, 0, memory_order_release);
 	buf_add(&w->out, P.chunk.data, P.chunk.len);
 	flush_out(w);
-	return n;
+	metrics_chunk((int64_t)w->n);
+	return first;
 }
 
 void pool_dispatch(void)
@@ -790,23 +871,13 @@ void pool_dispatch(void)
 			if (send_chunk(w, q) < 0) {
 				/* The database failed: keep the batch, try after the
 				 * commit has told the pool (pool_after_commit). */
-				q->next = P.qhead;
-				P.qhead = q;
-				if (!P.qtail)
-					P.qtail = q;
+				queue_prepend(q);
 				return;
 			}
-			if (w->state == W_BUSY) {
-				/* Round robin: the batch goes to the back of the queue. */
-				q->next = NULL;
-				if (P.qtail)
-					P.qtail->next = q;
-				else
-					P.qhead = q;
-				P.qtail = q;
-			} else {
+			if (w->state == W_BUSY)
+				queue_append(q); /* round robin: to the back of the queue */
+			else
 				free(q); /* nothing pending any more */
-			}
 		}
 	}
 }
@@ -833,8 +904,25 @@ static void describe_status(int status, char *out, size_t len)
 		snprintf(out, len, "ended with wait status %d", status);
 }
 
+/* Queues the batch of each slot in [from, to) that went back to pending. */
+static void requeue_batches(const struct worker *w, const uint8_t *back, size_t from, size_t to)
+{
+	for (size_t pos = from; pos < to; pos++) {
+		if (!back[pos - from])
+			continue;
+		int64_t batch = w->slot[pos].batch;
+		int seen = 0;
+		for (size_t k = from; k < pos && !seen; k++)
+			seen = back[k - from] && w->slot[k].batch == batch;
+		struct batch b;
+		if (!seen && store_batch_get(P.store, batch, &b) == 1)
+			pool_add_batch(&b);
+	}
+}
+
 /* Settles the chunk of a worker that is gone: the item it was running fails
- * (or times out), the rest go back to pending. */
+ * (or times out), the rest go back to pending; those of a batch cancelled
+ * meanwhile are cancelled. */
 static void settle_chunk(struct worker *w, int status)
 {
 	if (w->state != W_BUSY || w->done == w->n)
@@ -846,17 +934,22 @@ static void settle_chunk(struct worker *w, int status)
 	int64_t started = now - (now_mono_ns() - started_ns) / 1000000;
 	char why[160], how[96];
 	describe_status(status, how, sizeof how);
-	int requeued = 0;
+	uint8_t *back = calloc(w->n - w->done, 1); /* which went back to pending */
+	if (!back)
+		abort();
 	for (size_t pos = w->done; pos < w->n; pos++) {
-		int64_t idx = w->idx[pos];
-		struct op o = {.batch = w->batch, .idx = idx, .started = started, .now = now};
-		if (w->cancelled) {
+		const struct slot *sl = &w->slot[pos];
+		struct op o = {.batch = sl->batch, .idx = sl->idx, .started = started, .now = now};
+		if (sl->cancelled) {
 			o.kind = OP_CANCEL;
 			op_do(o, NULL, 0, 1);
-		} else if ((int64_t)pos != running || P.stopping || (w->killed && w->kill_pos != running)) {
+		} else if ((int64_t)pos != running || P.stopping || w->cancelled ||
+			   (w->killed && w->kill_pos != running)) {
+			/* Not the item that caused the death (a cancel of another
+			 * batch in the chunk kills the worker too): it runs again. */
 			o.kind = OP_REQUEUE;
 			op_do(o, NULL, 0, 1);
-			requeued++;
+			back[pos - w->done] = 1;
 		} else {
 			/* The item it was running: retried if its batch allows,
 			 * else it fails. */
@@ -872,20 +965,17 @@ static void settle_chunk(struct worker *w, int status)
 					 (int)w->pid, how);
 			if (op_do(o, why, strlen(why), 1) == 1) {
 				log_info("item_retry", "batch=%lld index=%lld why=%s pid=%d",
-					 (long long)w->batch, (long long)idx, ferr_names[o.type],
+					 (long long)sl->batch, (long long)sl->idx, ferr_names[o.type],
 					 (int)w->pid);
-				requeued++;
+				back[pos - w->done] = 1;
 			} else if (!P.db_down) { /* else the replay decides */
 				metrics_item_done(w->task, FS_FAILED, o.type, (now - started) * 1000,
-						  started - w->batch_created_ms);
+						  started - sl->created_ms);
 			}
 		}
 	}
-	if (requeued) {
-		struct batch b;
-		if (store_batch_get(P.store, w->batch, &b) == 1)
-			pool_add_batch(&b);
-	}
+	requeue_batches(w, back, w->done, w->n);
+	free(back);
 	w->n = w->done = 0;
 }
 
@@ -897,7 +987,7 @@ static void free_worker(struct worker *w)
 	frame_reader_free(&w->rd);
 	buf_free(&w->out);
 	munmap(w->prog, 4096);
-	free(w->idx);
+	free(w->slot);
 	free(w->fatal);
 	free(w);
 }
@@ -1011,7 +1101,8 @@ int64_t pool_tick(void)
 				w->killed = 1;
 				w->kill_pos = (int64_t)item - 1;
 				log_info("item_timeout", "pid=%d batch=%lld index=%lld", (int)w->pid,
-					 (long long)w->batch, (long long)w->idx[item - 1]);
+					 (long long)w->slot[item - 1].batch,
+					 (long long)w->slot[item - 1].idx);
 				kill(w->pid, SIGTERM);
 				w->term_at = now_ns / 1000000;
 				if (next < 0 || w->term_at + KILL_GRACE_MS < next)
@@ -1044,20 +1135,31 @@ int pool_terminate_batch(int64_t batch)
 {
 	int n = 0;
 	for (struct worker *w = P.workers; w; w = w->next) {
-		if (w->state != W_BUSY || w->batch != batch || w->cancelled || w->done == w->n)
+		if (w->state != W_BUSY || w->done == w->n)
 			continue;
-		w->cancelled = 1;
-		kill(w->pid, SIGKILL);
-		/* Its items are cancelled now, not when it is reaped: the answer
-		 * to the cancel shows them so, and results still in flight
-		 * find them no longer running. */
+		/* Its items of the batch are cancelled now, not when it is
+		 * reaped: the answer to the cancel shows them so, and results
+		 * still in flight find them no longer running. Items of other
+		 * batches in its chunk go back to pending when it is reaped. */
 		int64_t now = now_unix_ms();
-		for (size_t pos = w->done; pos < w->n; pos++)
-			op_do((struct op){.kind = OP_CANCEL, .batch = w->batch, .idx = w->idx[pos],
-					  .now = now},
+		int hit = 0;
+		for (size_t pos = w->done; pos < w->n; pos++) {
+			struct slot *sl = &w->slot[pos];
+			if (sl->batch != batch || sl->cancelled)
+				continue;
+			sl->cancelled = 1;
+			hit = 1;
+			op_do((struct op){.kind = OP_CANCEL, .batch = batch, .idx = sl->idx, .now = now},
 			      NULL, 0, 1);
+		}
+		if (!hit)
+			continue;
+		if (!w->cancelled) {
+			w->cancelled = 1;
+			kill(w->pid, SIGKILL);
+			n++;
+		}
 		log_info("worker_terminate", "pid=%d batch=%lld", (int)w->pid, (long long)batch);
-		n++;
 	}
 	return n;
 }
@@ -1076,8 +1178,8 @@ void pool_workers(void (*fn)(void *arg, const struct pool_worker_info *w), void 
 		uint32_t item = atomic_load_explicit(&w->prog->item, memory_order_acquire);
 		if (w->state == W_BUSY && item > w->done && item <= w->n) {
 			int64_t started = atomic_load_explicit(&w->prog->started_ns, memory_order_relaxed);
-			i.batch = w->batch;
-			i.index = w->idx[item - 1];
+			i.batch = w->slot[item - 1].batch;
+			i.index = w->slot[item - 1].idx;
 			i.task = w->task;
 			i.item_started_ms = now - (now_ns - started) / 1000000;
 		}

@@ -1065,3 +1065,90 @@ TEST(failures_the_same_key_twice_in_one_turn_makes_one_batch)
 	resp_free(&r);
 	server_stop(&s);
 }
+
+/* Polls batch id until its counts[state] reaches want; fails after secs. */
+static void wait_count_of(const struct server *s, int64_t id, const char *state, int want, int secs)
+{
+	int64_t deadline = harness_now_ms() + secs * 1000;
+	for (;;) {
+		json_t *b = batch(s, id);
+		json_int_t n = count(b, state);
+		json_decref(b);
+		if (n >= want)
+			return;
+		if (harness_now_ms() > deadline)
+			FAILF("batch %lld: %lld %s after %d s, not %d", (long long)id, (long long)n, state,
+			      secs, want);
+		pause_ms(5);
+	}
+}
+
+/* Small batches queued together travel in shared chunks (pool.c,
+ * send_chunk): twenty single-item batches waiting for the one worker go in
+ * a handful of chunks, each item still its own batch's and exact. */
+TEST(failures_small_batches_queued_together_share_chunks)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t x = submit(&s, "{\"task\":\"sleep\",\"items\":[[1.5]]}");
+	wait_count_of(&s, x, "running", 1, 30);
+	double chunks = server_metric(&s, "forkpool_chunks_total");
+	int64_t ids[20];
+	for (int i = 0; i < 20; i++) {
+		char body[96];
+		snprintf(body, sizeof body, "{\"task\":\"square\",\"items\":[[%d]]}", i);
+		ids[i] = submit(&s, body);
+	}
+	for (int i = 0; i < 20; i++) {
+		json_t *b = wait_batch(&s, ids[i], 60);
+		CHECK_INT(count(b, "finished"), 1);
+		json_decref(b);
+		json_t *f = future(&s, ids[i], 0, 0);
+		CHECK_INT(jint(f, "result"), (json_int_t)i * i);
+		CHECK_INT(jint(f, "attempts"), 1);
+		json_decref(f);
+	}
+	double sent = server_metric(&s, "forkpool_chunks_total") - chunks;
+	printf("    20 queued single-item batches went in %.0f chunks\n", sent);
+	CHECK(sent >= 1 && sent <= 10);
+	server_stop(&s);
+}
+
+/* Cancelling a batch with terminate kills the worker running its item, and
+ * the items of other batches in that chunk go back to the queue: they run,
+ * once, rather than being cancelled or lost. */
+TEST(failures_terminate_in_a_shared_chunk_requeues_the_other_batches_items)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t x = submit(&s, "{\"task\":\"sleep\",\"items\":[[1.0]]}");
+	wait_count_of(&s, x, "running", 1, 30);
+	int64_t a = submit(&s, "{\"task\":\"sleep\",\"items\":[[60]]}");
+	int64_t b[4];
+	for (int i = 0; i < 4; i++)
+		b[i] = submit(&s, "{\"task\":\"sleep\",\"items\":[[0]]}");
+	/* After x: a's item and b[0]'s share a chunk (a queue of four behind a,
+	 * one worker: a share of two). */
+	wait_count_of(&s, a, "running", 1, 30);
+	json_t *b0 = batch(&s, b[0]);
+	CHECK_INT(count(b0, "running"), 1);
+	json_decref(b0);
+	char path[80];
+	snprintf(path, sizeof path, "/v1/batches/%lld?terminate=true", (long long)a);
+	struct resp r = req(&s, "DELETE", path, NULL);
+	CHECK_INT(r.status, 200);
+	resp_free(&r);
+	json_t *ab = wait_batch(&s, a, 30);
+	CHECK_INT(count(ab, "cancelled"), 1);
+	json_decref(ab);
+	for (int i = 0; i < 4; i++) {
+		json_t *bb = wait_batch(&s, b[i], 30);
+		CHECK_INT(count(bb, "finished"), 1);
+		json_decref(bb);
+		json_t *f = future(&s, b[i], 0, 0);
+		CHECK_INT(jint(f, "attempts"), 1);
+		json_decref(f);
+	}
+	CHECK_INT(server_log_count(&s, "event=worker_exit", "reason=cancelled", NULL), 1);
+	server_stop(&s);
+}
