@@ -139,6 +139,10 @@ static char *put_digits(char *p, unsigned v, int n)
 
 void buf_json_i128(struct buf *b, __int128 v)
 {
+	if (v >= INT64_MIN && v <= INT64_MAX) {
+		buf_json_i64(b, (int64_t)v); /* two digits a division, and no 128-bit ones */
+		return;
+	}
 	char tmp[48];
 	char *p = tmp + sizeof tmp;
 	unsigned __int128 u = v < 0 ? -(unsigned __int128)v : (unsigned __int128)v;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "intargs.h"
 #include "jsonw.h"
 #include "log.h"
 #include "request.h"
@@ -63,70 +64,12 @@ static void store_line(struct http_req *r, struct upload *u)
  *
  * Most NDJSON items are a few integers ([123], [2, 10]), and jansson's parse,
  * allocations and free cost 3,000 instructions a line: three quarters of the
- * upload and a third of the server's work in W1. A line that is exactly a
- * JSON array of at most FAST_ARGS integers of at most 18 digits, which the
- * task accepts, is read here and written in the form jsonw_value gives it.
- * Anything else (other values, a number jansson would refuse, an argument
- * the task refuses) takes the jansson path, which makes every decision and
- * every message; this one only ever says yes to what that one accepts. */
-#define FAST_ARGS 8
-
-static const char *skip_ws(const char *p, const char *e)
-{
-	while (p < e && (*p == ' ' || *p == '\t'))
-		p++;
-	return p;
-}
-
-/* One JSON integer without leading zeros, sign and at most 18 digits
- * (within int64_t); -0 is left to jansson. NULL if there is none. */
-static const char *fast_int(const char *p, const char *e, int64_t *v)
-{
-	int neg = p < e && *p == '-';
-	const char *d = p + neg, *q = d;
-	int64_t x = 0;
-	while (q < e && *q >= '0' && *q <= '9' && q - d < 18)
-		x = x * 10 + (*q++ - '0');
-	size_t nd = (size_t)(q - d);
-	if (nd == 0 || (q < e && *q >= '0' && *q <= '9') || (nd > 1 && *d == '0') ||
-	    (neg && x == 0))
-		return NULL;
-	if (q < e && (*q == '.' || *q == 'e' || *q == 'E'))
-		return NULL;
-	*v = neg ? -x : x;
-	return q;
-}
-
-/* Reads the line as an integer array into v. Its count, or -1. */
-static int fast_ints(const char *p, size_t n, int64_t *v)
-{
-	const char *e = p + n;
-	p = skip_ws(p, e);
-	if (p == e || *p++ != '[')
-		return -1;
-	p = skip_ws(p, e);
-	int k = 0;
-	if (p < e && *p == ']') {
-		p++;
-	} else {
-		for (;;) {
-			if (k == FAST_ARGS || !(p = fast_int(p, e, &v[k])))
-				return -1;
-			k++;
-			p = skip_ws(p, e);
-			if (p < e && *p == ',') {
-				p = skip_ws(p + 1, e);
-				continue;
-			}
-			if (p < e && *p == ']') {
-				p++;
-				break;
-			}
-			return -1;
-		}
-	}
-	return skip_ws(p, e) == e ? k : -1;
-}
+ * upload and a third of the server's work in W1. A line that intargs_parse
+ * reads (common/intargs.h), which the task accepts, is written in the form
+ * jsonw_value gives it. Anything else (other values, a number jansson would
+ * refuse, an argument the task refuses) takes the jansson path, which makes
+ * every decision and every message; this one only ever says yes to what that
+ * one accepts. */
 
 /* One complete line (without its newline). */
 static void take_line(struct http_req *r, struct upload *u, const char *p, size_t n)
@@ -139,8 +82,8 @@ static void take_line(struct http_req *r, struct upload *u, const char *p, size_
 		k++;
 	if (k == n)
 		return; /* blank lines are allowed (a trailing newline, say) */
-	int64_t v[FAST_ARGS];
-	int nv = u->n < u->max_items ? fast_ints(p, n, v) : -1;
+	int64_t v[INTARGS_MAX];
+	int nv = u->n < u->max_items ? intargs_parse(p, n, v) : -1;
 	if (nv >= 0 && catalog_ints_ok(u->task, v, nv)) {
 		buf_reset(&u->args);
 		buf_addc(&u->args, '[');

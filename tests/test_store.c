@@ -943,6 +943,16 @@ TEST(store_completion_cursors_go_on_above_the_bound_after_a_restart)
 	store_close(s);
 }
 
+/* Runs sql with ?1 bound to b's bytes. */
+static void insert_blob(sqlite3 *db, const char *sql, const struct buf *b)
+{
+	sqlite3_stmt *st;
+	CHECK_INT(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+	sqlite3_bind_blob(st, 1, b->data, (int)b->len, SQLITE_STATIC);
+	CHECK_INT(sqlite3_step(st), SQLITE_DONE);
+	sqlite3_finalize(st);
+}
+
 /* A version 3 database (AUTOINCREMENT ids; segments and outcomes keyed by
  * batch_id) keeps its batches, items and id sequence through migration 4. */
 TEST(store_migrates_a_v3_database_and_never_reuses_its_ids)
@@ -970,22 +980,11 @@ TEST(store_migrates_a_v3_database_and_never_reuses_its_ids)
 	struct buf items = {0}, recs = {0};
 	segfmt_put_items(&items, it, 2);
 	segfmt_put_outcome(&recs, &f);
-	sqlite3_stmt *st;
-	CHECK_INT(sqlite3_prepare_v2(db, "INSERT INTO segments (batch_id, seg, items) VALUES (4, 0, ?1)",
-				     -1, &st, NULL),
-		  SQLITE_OK);
-	sqlite3_bind_blob(st, 1, items.data, (int)items.len, SQLITE_STATIC);
-	CHECK_INT(sqlite3_step(st), SQLITE_DONE);
-	sqlite3_finalize(st);
+	insert_blob(db, "INSERT INTO segments (batch_id, seg, items) VALUES (4, 0, ?1)", &items);
 	CHECK_INT(sqlite3_exec(db, "INSERT INTO seg_args (batch_id, seg, args) VALUES (4, 0, '[4]\n[5]\n')",
 			       NULL, NULL, NULL),
 		  SQLITE_OK);
-	CHECK_INT(sqlite3_prepare_v2(db, "INSERT INTO outcomes (batch_id, last_seq, recs) VALUES (4, 9, ?1)",
-				     -1, &st, NULL),
-		  SQLITE_OK);
-	sqlite3_bind_blob(st, 1, recs.data, (int)recs.len, SQLITE_STATIC);
-	CHECK_INT(sqlite3_step(st), SQLITE_DONE);
-	sqlite3_finalize(st);
+	insert_blob(db, "INSERT INTO outcomes (batch_id, last_seq, recs) VALUES (4, 9, ?1)", &recs);
 	CHECK_INT(sqlite3_exec(db, "UPDATE meta SET value = 9 WHERE key = 'done_seq'", NULL, NULL, NULL),
 		  SQLITE_OK);
 	sqlite3_close(db);
@@ -1016,6 +1015,7 @@ TEST(store_migrates_a_v3_database_and_never_reuses_its_ids)
 	CHECK_INT(add_batch(s, "square", 1), 6);
 	CHECK_INT(add_batch(s, "square", 1), 7);
 	/* The virtual columns read as the old ones did. */
+	sqlite3_stmt *st;
 	CHECK_INT(sqlite3_prepare_v2(store_sqlite(s), "SELECT count(*) FROM segments WHERE batch_id = 4 AND seg = 0",
 				     -1, &st, NULL),
 		  SQLITE_OK);

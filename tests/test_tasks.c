@@ -96,6 +96,33 @@ TEST(task_square_of_an_integer_is_exact)
 	CHECK_STR(run("square", "[-9223372036854775808]"), "85070591730234615865843651857942052864");
 }
 
+/* Plain integer arguments skip jansson's parser (common/intargs.h); what
+ * that path refuses goes to jansson, and the answers are the same either
+ * way. The results cross the 64-bit line, where buf_json_i128 changes
+ * method. */
+TEST(task_integer_arguments_read_without_jansson_give_the_same_answers)
+{
+	CHECK_STR(run("square", "[ 3 ]"), "9");
+	CHECK_STR(run("square", "\t[3]\t"), "9");
+	CHECK_STR(run("square", "[-0]"), "0");                 /* jansson's */
+	CHECK_STR(run("square", "[3.0]"), "9.0");              /* a real: jansson's */
+	CHECK_STR(run("square", "[1e2]"), "10000.0");
+	CHECK_STR(run("square", "[999999999999999999]"), "999999999999999998000000000000000001");
+	CHECK_STR(run("square", "[3037000499]"), "9223372030926249001");   /* < 2^63 */
+	CHECK_STR(run("square", "[3037000500]"), "9223372037000250000");   /* > 2^63 - 1 */
+	CHECK_STR(run("square", "[-3037000500]"), "9223372037000250000");
+	CHECK_STR(run("power", "[2, 62]"), "4611686018427387904");
+	CHECK_STR(run("power", "[2, 63]"), "9223372036854775808");
+	CHECK_STR(run("power", "[-2, 63]"), "-9223372036854775808"); /* INT64_MIN */
+	CHECK_STR(run("power", "[-3, 41]"), "-36472996377170786403");
+	CHECK_STR(run("echo", "[2,-7,  0]"), "[2,-7,0]");
+	CHECK_CONTAINS(run("square", "[01]"), "not valid JSON");  /* jansson refuses it */
+	CHECK_CONTAINS(run("square", "[1,]"), "not valid JSON");
+	CHECK_CONTAINS(run("square", "[1, 2]"), "takes 1 argument, got 2");
+	CHECK_CONTAINS(run("square", "[]"), "takes 1 argument, got 0");
+	CHECK_CONTAINS(run("square", "[\"7\"]"), "must be");
+}
+
 TEST(task_square_of_a_real_is_a_double)
 {
 	CHECK_STR(run("square", "[1.5]"), "2.25");

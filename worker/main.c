@@ -202,12 +202,13 @@ static __attribute__((noreturn)) void malformed(const char *why)
 	finish(2);
 }
 
-/* Runs item pos of a chunk and appends its record to rec. t is NULL for a
- * task the table does not have. */
-static void run_item(const struct task *t, const char *tname, size_t pos, const char *args,
-		     size_t len)
+/* Runs item pos of a chunk, which starts at t0 (monotonic ns), and appends
+ * its record to rec; returns when it ended, the next item's start (one clock
+ * read an item: they were a tenth of a square's cost). t is NULL for a task
+ * the table does not have. */
+static int64_t run_item(const struct task *t, const char *tname, size_t pos, const char *args,
+			size_t len, int64_t t0)
 {
-	int64_t t0 = mono_ns();
 	if (prog) {
 		atomic_store_explicit(&prog->started_ns, t0, memory_order_relaxed);
 		atomic_store_explicit(&prog->item, (uint32_t)pos + 1, memory_order_release);
@@ -216,7 +217,8 @@ static void run_item(const struct task *t, const char *tname, size_t pos, const 
 	buf_reset(&err);
 	int rc = t ? task_run(t, args, len, &res, &err)
 		   : task_error(&err, "unknown task \"%s\"", tname);
-	long long micros = (mono_ns() - t0) / 1000;
+	int64_t t1 = mono_ns();
+	long long micros = (t1 - t0) / 1000;
 	/* "R|E <pos> <micros> ", without printf: it was a fifth of a square's cost. */
 	buf_addc(&rec, rc == 0 ? 'R' : 'E');
 	buf_addc(&rec, ' ');
@@ -229,6 +231,7 @@ static void run_item(const struct task *t, const char *tname, size_t pos, const 
 	else
 		buf_json_str(&rec, err.data, err.len);
 	buf_addc(&rec, '\n');
+	return t1;
 }
 
 /* Runs a chunk frame: "C <task> <n>\n" then n lines of arguments. The whole
@@ -267,10 +270,11 @@ static void run_chunk(const char *p, size_t n)
 	const struct task *t = nlen < sizeof tname ? task_find(tname) : NULL;
 
 	const char *s = items;
+	int64_t at = mono_ns();
 	for (size_t pos = 0; pos < count; pos++) {
 		const char *e = memchr(s, '\n', (size_t)(end - s));
 		buf_reset(&rec);
-		run_item(t, tname, pos, s, (size_t)(e - s));
+		at = run_item(t, tname, pos, s, (size_t)(e - s), at);
 		post(&rec, pos + 1 == count);
 		s = e + 1;
 	}
