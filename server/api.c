@@ -402,6 +402,17 @@ struct submitted {
 	int replay; /* an Idempotency-Key seen before: answer 200 with batch b.id */
 };
 
+/* A submission waits for the turn's commit and, with ?wait=S, then for its
+ * batch to be done, without waking in between. */
+static void park_submitted(struct http_req *r, struct submitted *s)
+{
+	if (s->wait > 0) {
+		s->w = (struct wait){.batch = s->b.id, .index = -1};
+		return http_park_commit_then(r, s->b.id, deadline_after(s->wait), batch_ready);
+	}
+	http_park_commit(r);
+}
+
 /* 201 with the batch and "results": every future in submission order. */
 static void reply_with_results(struct http_req *r, int64_t id)
 {
@@ -498,7 +509,7 @@ static void ndjson_end(struct http_req *r, double wait)
 	http_set_data(r, s, free);
 	log_info("batch_upload", "batch=%lld task=%s size=%lld", (long long)b.id, b.task, (long long)b.size);
 	pool_add_batch(&s->b);
-	http_park_commit(r);
+	park_submitted(r, s);
 }
 
 static int content_type_ok(struct http_req *r)
@@ -583,7 +594,7 @@ static void post_batch(struct http_req *r)
 			return idempotent_replay(r, s->b.id);
 		if (why == WAKE_COMMIT && !http_commit_ok(r))
 			return db_error(r);
-		if (why == WAKE_SHUTDOWN && !s->committed)
+		if (why == WAKE_SHUTDOWN && !s->committed && !http_commit_ok(r))
 			return db_error(r);
 		s->committed = 1;
 		char loc[64];
@@ -660,7 +671,7 @@ static void post_batch(struct http_req *r)
 	/* Dispatch runs only after the turn's commit; were it to fail, the
 	 * queued id finds no pending rows and drops out. */
 	pool_add_batch(&s->b);
-	http_park_commit(r);
+	park_submitted(r, s);
 }
 
 /* ---- cancelling ---- */

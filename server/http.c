@@ -40,6 +40,9 @@ struct http_req {
 	enum http_wake wake;
 	/* parking */
 	int parked, commit_wait, commit_ok;
+	/* http_park_commit_then: parked under then_batch after the commit */
+	int (*then_ready)(struct http_req *);
+	int64_t then_batch, then_deadline_ms;
 	int64_t batch, deadline_ms;
 	int (*ready)(struct http_req *);
 	struct http_req *prev, *next; /* in a bucket, or the commit list */
@@ -108,6 +111,23 @@ static void on_hup(struct loop_watch *w, uint32_t events)
 	wake(r, WAKE_GONE);
 }
 
+/* Files r under batch, to be asked ready(r) when the batch changes. */
+static void bucket_add(struct http_req *r, int64_t batch, int64_t deadline_ms,
+		       int (*ready)(struct http_req *))
+{
+	r->batch = batch;
+	r->deadline_ms = deadline_ms;
+	r->ready = ready;
+	unsigned b = bucket_of(batch);
+	r->prev = NULL;
+	r->next = H.buckets[b];
+	if (r->next)
+		r->next->prev = r;
+	H.buckets[b] = r;
+	if (deadline_ms >= 0 && (H.next_deadline < 0 || deadline_ms < H.next_deadline))
+		H.next_deadline = deadline_ms;
+}
+
 static void park(struct http_req *r)
 {
 	r->parked = 1;
@@ -128,17 +148,7 @@ void http_park(struct http_req *r, int64_t batch, int64_t deadline_ms, int (*rea
 			H.handler(r);
 		return; /* a stream's reader calls fill again at once */
 	}
-	r->batch = batch;
-	r->deadline_ms = deadline_ms;
-	r->ready = ready;
-	unsigned b = bucket_of(batch);
-	r->prev = NULL;
-	r->next = H.buckets[b];
-	if (r->next)
-		r->next->prev = r;
-	H.buckets[b] = r;
-	if (deadline_ms >= 0 && (H.next_deadline < 0 || deadline_ms < H.next_deadline))
-		H.next_deadline = deadline_ms;
+	bucket_add(r, batch, deadline_ms, ready);
 	log_debug("parked", "url=\"%s\" batch=%lld", r->url, (long long)batch);
 	park(r);
 }
@@ -202,6 +212,7 @@ void http_stream(struct http_req *r, unsigned status, const char *content_type, 
 
 void http_park_commit(struct http_req *r)
 {
+	r->then_ready = NULL;
 	r->commit_wait = 1;
 	r->deadline_ms = -1;
 	r->prev = NULL;
@@ -210,6 +221,15 @@ void http_park_commit(struct http_req *r)
 		r->next->prev = r;
 	H.commit_list = r;
 	park(r);
+}
+
+void http_park_commit_then(struct http_req *r, int64_t batch, int64_t deadline_ms,
+			   int (*ready)(struct http_req *))
+{
+	http_park_commit(r);
+	r->then_ready = ready;
+	r->then_batch = batch;
+	r->then_deadline_ms = deadline_ms;
 }
 
 void http_wake_batch(int64_t batch)
@@ -227,6 +247,14 @@ void http_commit_done(int ok)
 	while (H.commit_list) {
 		struct http_req *r = H.commit_list;
 		r->commit_ok = ok;
+		if (ok && r->then_ready && !H.quiescing && !r->then_ready(r)) {
+			/* Committed, and waiting on: it stays suspended, under its
+			 * batch (a resume and a suspend saved, four epoll_ctl). */
+			unlink_parked(r);
+			r->commit_wait = 0;
+			bucket_add(r, r->then_batch, r->then_deadline_ms, r->then_ready);
+			continue;
+		}
 		wake(r, WAKE_COMMIT);
 		r->commit_wait = 0;
 	}

@@ -93,6 +93,12 @@ void http_add_header(struct http_req *r, const char *name, const char *value);
  * deadline_ms is monotonic (< 0: none). */
 void http_park(struct http_req *r, int64_t batch, int64_t deadline_ms, int (*ready)(struct http_req *));
 void http_park_commit(struct http_req *r);
+/* Parks until the turn's commit and then, if it took and ready(r) is not yet
+ * true, on under batch as http_park would (the connection stays suspended):
+ * the request is woken WAKE_COMMIT (the commit failed, or it was ready),
+ * or later as by http_park; http_commit_ok(r) tells whether it committed. */
+void http_park_commit_then(struct http_req *r, int64_t batch, int64_t deadline_ms,
+			   int (*ready)(struct http_req *));
 void http_wake_batch(int64_t batch);
 /* Ends the turn's commit: wakes the requests parked by http_park_commit. */
 void http_commit_done(int ok);

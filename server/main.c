@@ -396,6 +396,8 @@ static void commit(struct store *s)
 	if (store_dirty(s)) {
 		ok = store_commit(s) == 0;
 		metrics_commit(ok);
+		/* The answers and wake-ups that follow read in one transaction. */
+		store_read_begin(s);
 		http_commit_done(ok);
 	}
 	pool_after_commit(ok);
@@ -540,6 +542,7 @@ int main(int argc, char **argv)
 			got_chld = 0;
 			pool_reap();
 		}
+		store_read_begin(store); /* until the turn's first write */
 		if (http_pending())
 			http_run();
 		/* One commit a turn holds the turn's results, submissions and
@@ -556,6 +559,7 @@ int main(int argc, char **argv)
 		commit(store);
 		if (http_pending())
 			http_run();
+		store_read_end(store);
 	}
 
 	log_info("shutdown", "busy_workers=%d msg=\"stopping: waking long-polls; stopping workers; "

@@ -209,6 +209,7 @@ static int del_batch(int64_t id)
 
 static int begin(void)
 {
+	store_read_end(R.store);
 	return sqlite3_exec(R.db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : db_fail("begin");
 }
 
@@ -468,6 +469,7 @@ int retention_delete(struct http_req *r, int64_t id)
 	}
 	/* Inside the turn's transaction when one is open (then answered after
 	 * its commit), else on its own. */
+	store_read_end(R.store);
 	if (del_batch(id) < 0) {
 		http_error(r, 503, "unavailable", "the database failed; see the server log and retry");
 		return 1;

@@ -41,6 +41,7 @@ const char *const ferr_names[] = {NULL, "task_error", "timeout", "worker_died"};
  * prepares each once. */
 const char *const store_sql[S_NSTMTS] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_BEGIN_READ] = "BEGIN",
     [S_COMMIT] = "COMMIT",
     [S_ROLLBACK] = "ROLLBACK",
     [S_SP_BEGIN] = "SAVEPOINT submit",
@@ -283,6 +284,7 @@ int db_begin(struct store *s)
 {
 	if (s->in_txn)
 		return 0;
+	store_read_end(s);
 	if (db_run(s, S_BEGIN) < 0)
 		return -1;
 	s->in_txn = 1;
@@ -371,6 +373,27 @@ int store_commit(struct store *s)
 }
 
 int store_dirty(const struct store *s) { return s->in_txn || s->lost; }
+
+void store_read_begin(struct store *s)
+{
+	if (s->in_txn || s->in_read || s->lost)
+		return;
+	/* Deferred: it takes its locks at the first read. */
+	int rc = sqlite3_step(s->st[S_BEGIN_READ]);
+	sqlite3_reset(s->st[S_BEGIN_READ]);
+	s->in_read = rc == SQLITE_DONE;
+}
+
+void store_read_end(struct store *s)
+{
+	if (!s->in_read)
+		return;
+	s->in_read = 0;
+	int rc = sqlite3_step(s->st[S_COMMIT]);
+	sqlite3_reset(s->st[S_COMMIT]);
+	if (rc != SQLITE_DONE)
+		log_warn("db_read_end", "msg=\"%s\"", sqlite3_errmsg(s->db));
+}
 
 /* ---- opening: the directory, migration, recovery ---- */
 
@@ -614,6 +637,7 @@ void store_close(struct store *s)
 {
 	if (!s)
 		return;
+	store_read_end(s);
 	if (s->in_txn)
 		store_commit(s);
 	ckpt_stop(s);

@@ -61,6 +61,14 @@ void store_close(struct store *s);
 int store_commit(struct store *s);
 /* Whether writes are waiting for store_commit. */
 int store_dirty(const struct store *s);
+/* Reads from here to store_read_end share one read transaction, so one set
+ * of WAL locks rather than one per statement (2 to 4 fcntl calls each: 7 an
+ * answer in W3). The store's next write ends it first (it then reads within
+ * its own transaction); code writing on the connection by itself
+ * (retention.c) calls store_read_end first. Never held while the loop waits:
+ * it keeps checkpoints from finishing. */
+void store_read_begin(struct store *s);
+void store_read_end(struct store *s);
 
 /* Submission: store_batch_begin inserts the batch row (b->id is set), each
  * store_batch_item one future, and store_batch_end(ok) keeps them (ok) or

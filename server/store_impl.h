@@ -20,6 +20,7 @@
  * store_sql[id] (store.c). */
 enum stmt_id {
 	S_BEGIN,
+	S_BEGIN_READ,
 	S_COMMIT,
 	S_ROLLBACK,
 	S_SP_BEGIN,
@@ -92,6 +93,7 @@ struct store {
 	sqlite3 *db;
 	sqlite3_stmt *st[S_NSTMTS];
 	int in_txn;
+	int in_read; /* a read transaction of store_read_begin is open */
 	/* done_seq: the latest completion cursor given. seq_bound: meta's
 	 * done_seq as this transaction leaves it, the highest cursor a restart
 	 * may have given (schema/004_fewer_pages.sql); raised SEQ_BLOCK at a

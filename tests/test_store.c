@@ -1025,3 +1025,28 @@ TEST(store_migrates_a_v3_database_and_never_reuses_its_ids)
 	buf_free(&args);
 	store_close(s);
 }
+
+/* Reads between store_read_begin and store_read_end share one transaction;
+ * a write ends it and takes its own, which commits as usual. */
+TEST(store_reads_share_a_transaction_that_a_write_ends)
+{
+	struct store *s = open_db();
+	sqlite3 *db = store_sqlite(s);
+	int64_t a = add_batch(s, "square", 2);
+	store_read_begin(s);
+	CHECK_INT(sqlite3_get_autocommit(db), 0); /* open */
+	CHECK_INT(get(s, a).size, 2);
+	store_read_begin(s); /* already open: nothing more */
+	int64_t b = add_batch(s, "square", 3); /* ends it, writes, commits */
+	CHECK_INT(sqlite3_get_autocommit(db), 1);
+	store_read_end(s); /* nothing open: nothing to do */
+	store_read_begin(s);
+	CHECK_INT(get(s, b).size, 3);
+	store_read_end(s);
+	CHECK_INT(sqlite3_get_autocommit(db), 1);
+	store_close(s);
+	s = open_db();
+	CHECK_INT(get(s, a).size, 2);
+	CHECK_INT(get(s, b).size, 3);
+	store_close(s);
+}

@@ -432,6 +432,42 @@ TEST(wait_post_with_wait_answers_with_the_results)
 	server_stop(&s);
 }
 
+/* A POST ?wait past its commit waits under its batch (http_park_commit_then)
+ * without waking in between; a stop then answers it 201 with the batch as it
+ * stands: it was committed. */
+TEST(wait_post_with_wait_still_waiting_at_a_stop_answers_201)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int fd = raw_connect(&s);
+	const char *body = "{\"task\":\"sleep\",\"items\":[[30]]}";
+	char rq[256];
+	int n = snprintf(rq, sizeof rq,
+			 "POST /v1/batches?wait=60 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+			 "Content-Length: %zu\r\n\r\n%s",
+			 strlen(body), body);
+	CHECK(write(fd, rq, (size_t)n) == n);
+	int64_t deadline = harness_now_ms() + 20000;
+	for (;;) {
+		struct resp b = req(&s, "GET", "/v1/batches/1", NULL);
+		int running = b.status == 200 && jint(jget(b.json, "counts"), "running") == 1;
+		resp_free(&b);
+		if (running)
+			break;
+		CHECK(harness_now_ms() < deadline);
+	}
+	CHECK(server_stop(&s) == 0);
+	char got[4096];
+	size_t len = 0;
+	ssize_t k;
+	while (len < sizeof got - 1 && (k = read(fd, got + len, sizeof got - 1 - len)) > 0)
+		len += (size_t)k;
+	got[len] = '\0';
+	close(fd);
+	CHECK(!strncmp(got, "HTTP/1.1 201", 12));
+	CHECK_CONTAINS(got, "\"results\":[");
+}
+
 static int64_t wall_ms(void)
 {
 	struct timespec ts;
