@@ -32,9 +32,9 @@ int seg_write(struct store *s, struct segment *g)
 {
 	buf_reset(&s->scratch);
 	segfmt_put_items(&s->scratch, g->it, g->n);
-	if (write_row(s, S_PUT_SEG, g->batch, g->seg, &s->scratch) < 0)
+	if (write_row(s, g->fresh ? S_INS_SEG : S_PUT_SEG, g->batch, g->seg, &s->scratch) < 0)
 		return -1;
-	g->dirty = 0;
+	g->dirty = g->fresh = 0;
 	return 0;
 }
 
@@ -86,7 +86,7 @@ static struct segment *seg_slot(struct store *s)
 		if (!g)
 			abort();
 		g->batch = -1;
-		g->dirty = 0;
+		g->dirty = g->fresh = 0;
 		return s->segs[s->nsegs++] = g;
 	}
 	struct segment *lru = NULL;
@@ -160,13 +160,14 @@ static int item_get(struct store *s, int64_t batch, int64_t idx, struct segment 
 	return 1;
 }
 
-/* Drops the cached segments of batch (retention deletes its rows). */
+/* Drops what is cached of batch (retention deletes its rows). */
 void store_forget(struct store *s, int64_t batch)
 {
+	bcache_forget(s, batch);
 	for (int i = 0; i < s->nsegs; i++)
 		if (s->segs[i]->batch == batch) {
 			s->segs[i]->batch = -1;
-			s->segs[i]->dirty = 0;
+			s->segs[i]->dirty = s->segs[i]->fresh = 0;
 		}
 	s->last_seg = NULL;
 	if (s->rg.batch == batch)
@@ -704,18 +705,28 @@ void builder_drop(struct store *s, int64_t batch)
 		}
 }
 
-/* Writes the builder's segment (its items pending). */
+/* Writes the builder's arguments row, and makes its segment (its items
+ * pending) a fresh entry of the cache: it is inserted when written back,
+ * with whatever claims and results the transaction adds to it by then
+ * (single-item batches: one write, not an insert, a read and an update). */
 int builder_write(struct store *s, struct builder *bl)
 {
 	if (bl->n == 0)
 		return 0;
 	int64_t seg = (bl->next - 1) / SEG_ITEMS;
-	static const struct seg_item pending[SEG_ITEMS] = {[0 ... SEG_ITEMS - 1] = {.started_ms = -1}};
-	buf_reset(&s->scratch);
-	segfmt_put_items(&s->scratch, pending, bl->n);
-	if (write_row(s, S_INS_SEG, bl->batch, seg, &s->scratch) < 0 ||
-	    write_row(s, S_INS_ARGS, bl->batch, seg, &bl->args) < 0)
+	if (write_row(s, S_INS_ARGS, bl->batch, seg, &bl->args) < 0)
 		return -1;
+	struct segment *g = seg_slot(s);
+	if (!g)
+		return -1;
+	for (int k = 0; k < bl->n; k++)
+		g->it[k] = (struct seg_item){.started_ms = -1};
+	g->batch = bl->batch;
+	g->seg = seg;
+	g->n = bl->n;
+	g->dirty = g->fresh = 1;
+	g->used = ++s->tick;
+	s->last_seg = g;
 	bl->n = 0;
 	buf_reset(&bl->args);
 	return 0;

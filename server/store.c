@@ -220,7 +220,33 @@ static int ckpt_start(struct store *s, const char *path)
 
 /* ---- transactions ---- */
 
-static void bcache_drop(struct store *s) { s->bcache_changes = -1; }
+static struct batch *bcache_slot(struct store *s, int64_t id)
+{
+	return &s->bcache[(uint64_t)id % BCACHE];
+}
+
+static void bcache_drop(struct store *s)
+{
+	for (int i = 0; i < BCACHE; i++)
+		s->bcache[i].id = 0;
+}
+
+void bcache_forget(struct store *s, int64_t batch)
+{
+	struct batch *e = bcache_slot(s, batch);
+	if (e->id == batch)
+		e->id = 0;
+}
+
+/* The counts of b moved by d, and its end if that ends it: what S_COUNTS
+ * does to the row. */
+static void bcache_apply(struct batch *b, const int64_t d[FS_NSTATES], int64_t now_ms)
+{
+	for (int k = 0; k < FS_NSTATES; k++)
+		b->counts[k] += d[k];
+	if (b->finished_ms < 0 && b->counts[FS_PENDING] + b->counts[FS_RUNNING] == 0)
+		b->finished_ms = now_ms;
+}
 
 /* Forgets everything the transaction held in memory: after a rollback the
  * database is as the last commit left it. (Entries stay allocated.) */
@@ -229,7 +255,7 @@ static void drop_memory(struct store *s)
 	bcache_drop(s);
 	for (int i = 0; i < s->nsegs; i++) {
 		s->segs[i]->batch = -1;
-		s->segs[i]->dirty = 0;
+		s->segs[i]->dirty = s->segs[i]->fresh = 0;
 	}
 	s->last_seg = NULL;
 	for (size_t i = 0; i < s->ngroups; i++)
@@ -326,6 +352,9 @@ static int flush_counts(struct store *s)
 		sqlite3_bind_int64(st, 7, s->now_ms);
 		if (db_run(s, S_COUNTS) < 0)
 			return -1;
+		struct batch *e = bcache_slot(s, s->deltas[i].batch);
+		if (e->id == s->deltas[i].batch)
+			bcache_apply(e, s->deltas[i].d, s->now_ms);
 	}
 	s->ndeltas = 0;
 	if (s->done_seq > s->seq_bound) {
@@ -705,9 +734,11 @@ int store_batch_end(struct store *s, int ok)
 		builder_drop(s, bl->batch);
 		break;
 	}
+	int64_t batch = s->submitting;
 	s->submitting = 0;
 	if (!ok) {
 		bcache_drop(s);
+		store_forget(s, batch); /* its fresh segments too */
 		if (db_run(s, S_SP_UNDO) < 0)
 			return -1;
 	}
@@ -734,9 +765,9 @@ int store_batch_get(struct store *s, int64_t id, struct batch *out)
 {
 	if (s->ndeltas && flush_counts(s) < 0)
 		return -1;
-	int64_t changes = sqlite3_total_changes64(s->db);
-	if (s->bcache_changes == changes && s->bcache.id == id) {
-		*out = s->bcache;
+	struct batch *e = bcache_slot(s, id);
+	if (e->id == id && id != 0) {
+		*out = *e;
 		return 1;
 	}
 	sqlite3_stmt *st = s->st[S_GET_BATCH];
@@ -747,10 +778,8 @@ int store_batch_get(struct store *s, int64_t id, struct batch *out)
 	sqlite3_reset(st);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 		return db_fail(s, "batch_get");
-	if (rc == SQLITE_ROW) {
-		s->bcache = *out;
-		s->bcache_changes = changes;
-	}
+	if (rc == SQLITE_ROW)
+		*e = *out;
 	return rc == SQLITE_ROW;
 }
 
@@ -899,6 +928,7 @@ int store_upload_seal(struct store *s, int64_t batch, int64_t size, int64_t chun
 		}
 		return -1;
 	}
+	bcache_forget(s, batch);
 	int64_t n = run_once(s, "UPDATE batches SET size = ?2, chunksize = ?3, n_pending = ?2"
 			      " WHERE id = ?1 AND size < 0",
 			   batch, size, chunksize);

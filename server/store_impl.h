@@ -60,11 +60,13 @@ struct delta {
  * per batch, written when full and at commit. A rollback drops all of it. */
 #define SEG_CACHE 256 /* segments held: more than two chunks of 10,000 in flight */
 #define NCURSORS 128  /* batches whose claim position is remembered */
+#define BCACHE 256    /* batch rows cached */
 #define SEQ_BLOCK 65536 /* how far meta's done_seq runs ahead of the cursors given */
 
 struct segment {
 	int64_t batch, seg;
 	int n, dirty;
+	int fresh; /* made by a submission and not in the database yet: dirty */
 	uint64_t used; /* the store's tick at its latest use (eviction) */
 	struct seg_item it[SEG_ITEMS];
 };
@@ -113,13 +115,14 @@ struct store {
 	int lock_fd; /* the database file, flock()ed: one server per database */
 	char last_error[256];
 	struct checkpointer *ckpt; /* store.c */
-	/* The batch store_batch_get read last, valid while the connection has
-	 * changed no row since (sqlite3_total_changes64 counts every write on
-	 * it, the retention sweeper's too) and nothing was rolled back (which
-	 * that count does not see): 2,000 long-polls woken by one batch then
-	 * cost one read, not 4,000. */
-	struct batch bcache;
-	int64_t bcache_changes; /* -1: empty */
+	/* Batch rows as the transaction sees them, direct-mapped by id (id 0:
+	 * empty): filled by store_batch_get, kept current by flush_counts
+	 * (which applies each UPDATE's deltas to its entry too), dropped by
+	 * any other write of a row (bcache_forget) and by rollbacks. 2,000
+	 * long-polls woken by one batch cost one read, not 4,000, and a
+	 * single-item call's several reads of its batch one (W3: 18,000
+	 * instructions an item). */
+	struct batch bcache[BCACHE];
 	struct segment *segs[SEG_CACHE];
 	int nsegs;
 	struct segment *last_seg; /* the latest found: most lookups hit it */
@@ -164,6 +167,8 @@ int db_fail(struct store *s, const char *op);
 int db_run(struct store *s, enum stmt_id id);
 int db_begin(struct store *s);
 void move_count(struct store *s, int64_t batch, enum fstate from, enum fstate to, int64_t n);
+/* store.c: drops batch's cached row (its row was written or deleted). */
+void bcache_forget(struct store *s, int64_t batch);
 
 /* futures.c: the segments and outcome groups (flushed by store.c's commit,
  * read by its recovery). seg_write writes a cached segment back, 0 / -1;

@@ -1050,3 +1050,70 @@ TEST(store_reads_share_a_transaction_that_a_write_ends)
 	CHECK_INT(get(s, b).size, 3);
 	store_close(s);
 }
+
+/* The batch row as another connection reads it from the file. */
+static struct batch row_from_file(int64_t id)
+{
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	struct batch b = {0};
+	CHECK_INT(sqlite3_open_v2("./db/forkpool.db", &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_prepare_v2(db,
+				     "SELECT n_pending, n_running, n_finished, n_failed, n_cancelled,"
+				     " coalesce(finished_at, -1), size FROM batches WHERE id = ?1",
+				     -1, &st, NULL),
+		  SQLITE_OK);
+	sqlite3_bind_int64(st, 1, id);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		b.id = id;
+		for (int k = 0; k < FS_NSTATES; k++)
+			b.counts[k] = sqlite3_column_int64(st, k);
+		b.finished_ms = sqlite3_column_int64(st, 5);
+		b.size = sqlite3_column_int64(st, 6);
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return b;
+}
+
+static void same_as_file(struct store *s, int64_t id)
+{
+	CHECK_INT(store_commit(s), 0);
+	struct batch cached = get(s, id), file = row_from_file(id);
+	for (int k = 0; k < FS_NSTATES; k++)
+		CHECK_INT(cached.counts[k], file.counts[k]);
+	CHECK_INT(cached.finished_ms, file.finished_ms);
+	CHECK_INT(cached.size, file.size);
+}
+
+/* store_batch_get answers from a cache of batch rows that every change of
+ * counts keeps current: after each step it reads what the file holds. */
+TEST(store_cached_batch_rows_match_the_database_at_every_step)
+{
+	struct store *s = open_db();
+	int64_t id = add_batch(s, "square", 4), other = add_batch(s, "square", 1);
+	int64_t idx[4];
+	struct buf args = {0};
+	same_as_file(s, id);
+	CHECK_INT(store_claim(s, id, 3, 7, 2000, idx, &args), 3);
+	same_as_file(s, id);
+	CHECK_INT(store_finish(s, id, 0, "0", 1, 2000, 2001), 0);
+	CHECK_INT(get(s, id).counts[FS_FINISHED], 1); /* within the transaction too */
+	same_as_file(s, id);
+	CHECK_INT(store_fail(s, id, 1, FE_TASK, "no", 2000, 2002), 0);
+	CHECK_INT(store_requeue(s, id, 2), 0);
+	same_as_file(s, id);
+	CHECK_INT(store_cancel_one(s, id, 2, 2003), 1);
+	CHECK_INT(store_cancel_one(s, id, 3, 2003), 1);
+	same_as_file(s, id); /* done now: finished_at set, the same in both */
+	CHECK(get(s, id).finished_ms > 0);
+	same_as_file(s, other);
+	/* A row deleted behind the store's back, then forgotten, is gone. */
+	CHECK_INT(sqlite3_exec(store_sqlite(s), "DELETE FROM batches WHERE id = 2", NULL, NULL, NULL),
+		  SQLITE_OK);
+	store_forget(s, other);
+	struct batch out;
+	CHECK_INT(store_batch_get(s, other, &out), 0);
+	buf_free(&args);
+	store_close(s);
+}
