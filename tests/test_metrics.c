@@ -387,6 +387,18 @@ TEST(workers_list_each_process_with_pid_state_items_run_rss_and_current_item)
 {
 	struct server s;
 	server_start(&s, "--workers", "2", NULL);
+	/* Both ready first: a slow start (under ASan, say) would otherwise
+	 * still show one "starting" below. */
+	int64_t deadline = harness_now_ms() + 20000;
+	for (;;) {
+		struct resp h = req(&s, "GET", "/healthz", NULL);
+		int ready = h.json && jint(h.json, "workers") == 2;
+		resp_free(&h);
+		if (ready)
+			break;
+		CHECK(harness_now_ms() < deadline);
+		usleep(10000);
+	}
 	json_decref(wait_batch(&s, submit(&s, "{\"task\":\"square\",\"items\":[[1],[2],[3]]}"), 60));
 	int64_t id = submit(&s, "{\"task\":\"sleep\",\"items\":[[0],[30]],\"chunksize\":2}");
 	/* Item 0 takes no time, but the page may still show it for a moment
