@@ -106,7 +106,7 @@ static const char digit_pairs[] = "000102030405060708091011121314151617181920212
 				  "50515253545556575859606162636465666768697071727374"
 				  "75767778798081828384858687888990919293949596979899";
 
-void buf_json_i64(struct buf *b, int64_t v)
+char *fmt_i64(char *out, int64_t v)
 {
 	char tmp[24];
 	char *p = tmp + sizeof tmp;
@@ -125,7 +125,16 @@ void buf_json_i64(struct buf *b, int64_t v)
 	}
 	if (v < 0)
 		*--p = '-';
-	buf_add(b, p, (size_t)(tmp + sizeof tmp - p));
+	size_t n = (size_t)(tmp + sizeof tmp - p);
+	memcpy(out, p, n);
+	return out + n;
+}
+
+void buf_json_i64(struct buf *b, int64_t v)
+{
+	buf_reserve(b, FMT_I64_MAX);
+	b->len = (size_t)(fmt_i64(b->data + b->len, v) - b->data);
+	b->data[b->len] = '\0';
 }
 
 static char *put_digits(char *p, unsigned v, int n)
@@ -175,9 +184,16 @@ void buf_json_double(struct buf *b, double v)
 
 void buf_json_time(struct buf *b, int64_t ms)
 {
+	buf_reserve(b, FMT_TIME_MAX);
+	b->len = (size_t)(fmt_time(b->data + b->len, ms) - b->data);
+	b->data[b->len] = '\0';
+}
+
+char *fmt_time(char *out, int64_t ms)
+{
 	if (ms < 0) {
-		buf_adds(b, "null");
-		return;
+		memcpy(out, "null", 4);
+		return out + 4;
 	}
 	/* Results come in bursts that share their millisecond: the last
 	 * text is kept (per thread: the worker writes from two). */
@@ -185,8 +201,8 @@ void buf_json_time(struct buf *b, int64_t ms)
 	static __thread char last[32];
 	static __thread size_t last_len;
 	if (ms == last_ms) {
-		buf_add(b, last, last_len);
-		return;
+		memcpy(out, last, last_len);
+		return out + last_len;
 	}
 	/* The proleptic Gregorian date of a day count (days since 1970-01-01),
 	 * in 400-year eras of 146097 days that start on a March 1st, so that
@@ -224,5 +240,6 @@ void buf_json_time(struct buf *b, int64_t ms)
 	last_ms = ms;
 	last_len = (size_t)(p - t);
 	memcpy(last, t, last_len);
-	buf_add(b, t, last_len);
+	memcpy(out, t, last_len);
+	return out + last_len;
 }

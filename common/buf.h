@@ -57,6 +57,12 @@ char *buf_steal(struct buf *b, size_t *len);
 void buf_json_str(struct buf *b, const char *s, size_t n);
 void buf_json_cstr(struct buf *b, const char *s);
 void buf_json_i64(struct buf *b, int64_t v);
+/* The same texts written at p, which has room for them (FMT_*_MAX bytes);
+ * they return the end. For writers that reserve once for a whole object. */
+#define FMT_I64_MAX 20
+#define FMT_TIME_MAX 26
+char *fmt_i64(char *p, int64_t v);
+char *fmt_time(char *p, int64_t ms);
 void buf_json_i128(struct buf *b, __int128 v);
 /* The shortest decimal that reads back as the same double; non-finite values
  * have no JSON form and are written as null. */

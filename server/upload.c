@@ -52,10 +52,10 @@ static void fail(struct http_req *r, struct upload *u, unsigned status, const ch
 		u->b.id = 0;
 }
 
-/* Stores the item whose arguments are in u->args. */
-static void store_line(struct http_req *r, struct upload *u)
+/* Stores the item whose arguments are args[0..len). */
+static void store_line(struct http_req *r, struct upload *u, const char *args, size_t len)
 {
-	if (store_upload_item(u->store, u->b.id, u->n, u->args.data, u->args.len) < 0)
+	if (store_upload_item(u->store, u->b.id, u->n, args, len) < 0)
 		return fail(r, u, 503, "unavailable", "the database failed; see the server log and retry");
 	u->n++;
 }
@@ -85,6 +85,10 @@ static void take_line(struct http_req *r, struct upload *u, const char *p, size_
 	int64_t v[INTARGS_MAX];
 	int nv = u->n < u->max_items ? intargs_parse(p, n, v) : -1;
 	if (nv >= 0 && catalog_ints_ok(u->task, v, nv)) {
+		/* Without blanks the line is that form already: intargs_parse
+		 * takes no sign, leading zero or exponent. */
+		if (!memchr(p, ' ', n) && !memchr(p, '\t', n))
+			return store_line(r, u, p, n);
 		buf_reset(&u->args);
 		buf_addc(&u->args, '[');
 		for (int i = 0; i < nv; i++) {
@@ -93,7 +97,7 @@ static void take_line(struct http_req *r, struct upload *u, const char *p, size_
 			buf_json_i64(&u->args, v[i]);
 		}
 		buf_addc(&u->args, ']');
-		return store_line(r, u);
+		return store_line(r, u, u->args.data, u->args.len);
 	}
 	json_error_t jerr;
 	json_t *args = json_loadb(p, n, JSON_REJECT_DUPLICATES, &jerr);
@@ -120,7 +124,7 @@ static void take_line(struct http_req *r, struct upload *u, const char *p, size_
 	buf_reset(&u->args);
 	jsonw_value(&u->args, args);
 	json_decref(args);
-	store_line(r, u);
+	store_line(r, u, u->args.data, u->args.len);
 }
 
 static void sink(struct http_req *r, const char *data, size_t len)

@@ -234,6 +234,24 @@ TEST(ndjson_more_items_than_max_items_is_413_and_stores_nothing)
  * line below must get, as one NDJSON line, what the same arguments get in a
  * JSON body, which always goes through jansson: the same status and the
  * same result or error message. */
+/* The arguments text batch's first segment holds (malloc'd). */
+static char *stored_args(const struct server *s, json_int_t batch)
+{
+	sqlite3 *db;
+	if (sqlite3_open_v2(s->db, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+		FAILF("open %s", s->db);
+	sqlite3_busy_timeout(db, 5000);
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(db, "SELECT args FROM seg_args WHERE batch_id = ?1 AND seg = 0", -1, &st,
+			       NULL) != SQLITE_OK)
+		FAILF("seg_args: %s", sqlite3_errmsg(db));
+	sqlite3_bind_int64(st, 1, batch);
+	char *text = strdup(sqlite3_step(st) == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : "");
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return text;
+}
+
 TEST(ndjson_integer_lines_are_decided_as_json_bodies_decide_them)
 {
 	struct server s;
@@ -288,6 +306,13 @@ TEST(ndjson_integer_lines_are_decided_as_json_bodies_decide_them)
 			if (!ea || !eb || ea - ta != eb - tb || memcmp(ta, tb, (size_t)(ea - ta)))
 				FAILF("%s %s: NDJSON answered %s, JSON %s", cases[i].task, cases[i].line, nd.body,
 				      js.body);
+			/* and the arguments are stored as the same text */
+			char *aa = stored_args(&s, atoll(strstr(nd.body, "\"id\":") + 5));
+			char *ab = stored_args(&s, atoll(strstr(js.body, "\"id\":") + 5));
+			if (strcmp(aa, ab))
+				FAILF("%s %s: NDJSON stored %s, JSON %s", cases[i].task, cases[i].line, aa, ab);
+			free(aa);
+			free(ab);
 		} else if (!nd.json || !js.json) {
 			FAILF("%s %s: no JSON answer (%ld, %ld)", cases[i].task, cases[i].line, (long)nd.status,
 			      (long)js.status);
