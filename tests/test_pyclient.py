@@ -108,7 +108,10 @@ class Client(unittest.TestCase):
     def test_cancel_succeeds_for_a_pending_future_only(self):
         fs = [self.ex.submit("sleep", 30) for _ in range(3)]
         deadline = time.monotonic() + 30
-        while sum(w["current"] is not None for w in api("GET", "/v1/workers")["workers"]) < 2:
+        # Each future knows its batch once the POST that sent it is answered,
+        # which may come after the workers have started the first two.
+        while any(f.batch is None for f in fs) or \
+                sum(w["current"] is not None for w in api("GET", "/v1/workers")["workers"]) < 2:
             self.assertLess(time.monotonic(), deadline)
             time.sleep(0.01)
         running = [f for f in fs if api("GET", "/v1/batches/%d/futures/%d" % (f.batch, f.index))["state"]
