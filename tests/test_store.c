@@ -1117,3 +1117,64 @@ TEST(store_cached_batch_rows_match_the_database_at_every_step)
 	buf_free(&args);
 	store_close(s);
 }
+
+/* The byte formats (segfmt.c): extreme values round-trip, whether a varint
+ * is read with room to spare or at the blob's end, and truncated or
+ * over-long blobs are refused, never read past. */
+TEST(store_segment_formats_round_trip_and_refuse_corrupt_blobs)
+{
+	static const int64_t vals[] = {0, 1, 127, 128, 16383, 16384, (int64_t)1 << 35, INT64_MAX - 1};
+	enum { NV = sizeof vals / sizeof vals[0] };
+	struct seg_item it[NV], back[NV + 1];
+	for (int i = 0; i < NV; i++)
+		it[i] = (struct seg_item){.state = (uint8_t)(i % FS_NSTATES), .attempts = vals[i],
+					  .worker = vals[NV - 1 - i], .started_ms = vals[i] - 1,
+					  .done_seq = vals[i]};
+	struct buf b = {0};
+	segfmt_put_items(&b, it, NV);
+	CHECK_INT(segfmt_get_items(b.data, b.len, back, NV + 1), NV);
+	for (int i = 0; i < NV; i++) {
+		CHECK_INT(back[i].state, it[i].state);
+		CHECK_INT(back[i].attempts, it[i].attempts);
+		CHECK_INT(back[i].worker, it[i].worker);
+		CHECK_INT(back[i].started_ms, it[i].started_ms < 0 ? -1 : it[i].started_ms);
+		CHECK_INT(back[i].done_seq, it[i].done_seq);
+	}
+	for (size_t cut = 1; cut < 12 && cut < b.len; cut++) /* the last item cut short */
+		CHECK_INT(segfmt_get_items(b.data, b.len - cut, back, NV + 1) < NV, 1);
+	/* An 11-byte varint, with room after it and at the very end. */
+	unsigned char bad[32] = {FS_PENDING};
+	memset(bad + 1, 0x80, 11);
+	CHECK_INT(segfmt_get_items(bad, sizeof bad, back, NV), -1);
+	CHECK_INT(segfmt_get_items(bad, 12, back, NV), -1);
+
+	buf_reset(&b);
+	for (int i = 0; i < NV; i++) {
+		struct future f = {.index = vals[i], .state = FS_FINISHED, .attempts = vals[NV - 1 - i],
+				   .worker = vals[i], .started_ms = vals[i], .finished_ms = vals[NV - 1 - i],
+				   .result = "42", .result_len = 2, .done_seq = vals[i] + 1};
+		segfmt_put_outcome(&b, &f);
+	}
+	const unsigned char *p = (const unsigned char *)b.data, *end = p + b.len;
+	for (int i = 0; i < NV; i++) {
+		struct future f;
+		CHECK_INT(segfmt_get_outcome(&p, end, &f), 1);
+		CHECK_INT(f.index, vals[i]);
+		CHECK_INT(f.attempts, vals[NV - 1 - i]);
+		CHECK_INT(f.started_ms, vals[i]);
+		CHECK_INT(f.finished_ms, vals[NV - 1 - i]);
+		CHECK_INT(f.done_seq, vals[i] + 1);
+		CHECK_INT(f.result_len, 2);
+		CHECK(!memcmp(f.result, "42", 2));
+	}
+	CHECK(p == end);
+	for (size_t cut = 1; cut < b.len; cut += 7) { /* every cut is refused or stops short */
+		const unsigned char *q = (const unsigned char *)b.data, *qe = q + b.len - cut;
+		struct future f;
+		int n = 0;
+		while (q < qe && segfmt_get_outcome(&q, qe, &f) == 1)
+			n++;
+		CHECK(n < NV && q <= qe);
+	}
+	buf_free(&b);
+}
