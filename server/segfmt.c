@@ -36,28 +36,16 @@ static inline int get_uv(const unsigned char **p, const unsigned char *end, uint
 		*v = *(*p)++;
 		return 0;
 	}
+	/* A local cursor (times are six bytes, two per future in a stream). */
+	const unsigned char *q = *p;
 	uint64_t x = 0;
-	if (end - *p >= UV_MAX) {
-		/* Room for the longest: no bounds check per byte (times are six
-		 * bytes, and a stream decodes two per future). */
-		const unsigned char *q = *p;
-		for (int shift = 0; shift < 64; shift += 7) {
-			unsigned char c = *q++;
-			x |= (uint64_t)(c & 0x7f) << shift;
-			if (!(c & 0x80)) {
-				*p = q;
-				*v = x;
-				return 0;
-			}
-		}
-		return -1;
-	}
 	for (int shift = 0; shift < 64; shift += 7) {
-		if (*p >= end)
+		if (q >= end)
 			return -1;
-		unsigned char c = *(*p)++;
+		unsigned char c = *q++;
 		x |= (uint64_t)(c & 0x7f) << shift;
 		if (!(c & 0x80)) {
+			*p = q;
 			*v = x;
 			return 0;
 		}

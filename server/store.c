@@ -524,16 +524,13 @@ static int recover_batch(struct store *s, int64_t batch, int64_t *requeued)
 	return rc;
 }
 
-/* The ids of the batches a query selects, into *list (*n of them; free it).
- * 0 / -1. */
-static int batch_ids(struct store *s, const char *sql, int64_t **list, size_t *n)
+/* Steps st, which selects batch ids, into *list (*n of them; free it).
+ * SQLITE_DONE, or the error code of the step that failed. */
+static int collect_ids(sqlite3_stmt *st, int64_t **list, size_t *n)
 {
-	sqlite3_stmt *st;
 	size_t cap = 0;
 	*list = NULL;
 	*n = 0;
-	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
-		return db_fail(s, "recover");
 	int rc;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		if (*n == cap) {
@@ -544,6 +541,19 @@ static int batch_ids(struct store *s, const char *sql, int64_t **list, size_t *n
 		}
 		(*list)[(*n)++] = sqlite3_column_int64(st, 0);
 	}
+	return rc;
+}
+
+/* The ids of the batches a query selects, into *list (*n of them; free it).
+ * 0 / -1. */
+static int batch_ids(struct store *s, const char *sql, int64_t **list, size_t *n)
+{
+	sqlite3_stmt *st;
+	*list = NULL;
+	*n = 0;
+	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return db_fail(s, "recover");
+	int rc = collect_ids(st, list, n);
 	sqlite3_finalize(st);
 	return rc == SQLITE_DONE ? 0 : db_fail(s, "recover");
 }
@@ -804,21 +814,8 @@ int store_batch_list(struct store *s, int64_t before, int limit,
 
 int store_pending_batches(struct store *s, int64_t **ids, size_t *n)
 {
-	sqlite3_stmt *st = s->st[S_PENDING_BATCHES];
-	size_t cap = 0;
-	*ids = NULL;
-	*n = 0;
-	int rc;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (*n == cap) {
-			cap = cap ? cap * 2 : 16;
-			*ids = realloc(*ids, cap * sizeof **ids);
-			if (!*ids)
-				abort();
-		}
-		(*ids)[(*n)++] = sqlite3_column_int64(st, 0);
-	}
-	sqlite3_reset(st);
+	int rc = collect_ids(s->st[S_PENDING_BATCHES], ids, n);
+	sqlite3_reset(s->st[S_PENDING_BATCHES]);
 	return rc == SQLITE_DONE ? 0 : db_fail(s, "pending_batches");
 }
 

@@ -1118,9 +1118,9 @@ TEST(store_cached_batch_rows_match_the_database_at_every_step)
 	store_close(s);
 }
 
-/* The byte formats (segfmt.c): extreme values round-trip, whether a varint
- * is read with room to spare or at the blob's end, and truncated or
- * over-long blobs are refused, never read past. */
+/* The byte formats (segfmt.c): extreme values round-trip, a varint with
+ * room to spare and one at the blob's very end, and truncated or over-long
+ * blobs are refused, never read past. */
 TEST(store_segment_formats_round_trip_and_refuse_corrupt_blobs)
 {
 	static const int64_t vals[] = {0, 1, 127, 128, 16383, 16384, (int64_t)1 << 35, INT64_MAX - 1};
