@@ -39,6 +39,8 @@ int loop_mod(struct loop_watch *w, uint32_t events)
 	return w->events == events ? 0 : ctl(EPOLL_CTL_MOD, w, events);
 }
 
+int loop_rearm(struct loop_watch *w) { return ctl(EPOLL_CTL_MOD, w, w->events); }
+
 void loop_del(struct loop_watch *w)
 {
 	if (w->fd >= 0)

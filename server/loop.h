@@ -23,6 +23,8 @@ int loop_add(struct loop_watch *w, uint32_t events);
 /* Changing a watch to what it already is makes no system call: a worker's
  * socket was re-armed for EPOLLIN after every chunk sent. */
 int loop_mod(struct loop_watch *w, uint32_t events);
+/* An edge-triggered watch whose condition still holds reports it again. */
+int loop_rearm(struct loop_watch *w);
 void loop_del(struct loop_watch *w);
 /* Waits up to timeout_ms (-1: forever) and runs the callbacks of ready
  * watches. Returns the number of events, or -1 on error other than EINTR. */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -367,6 +368,51 @@ TEST(stream_a_client_that_leaves_is_noticed_at_once)
 		if (harness_now_ms() > deadline)
 			FAILF("the server holds %d descriptors, %d before the clients came and left",
 			      server_fds(&s), fds0);
+	server_stop(&s);
+}
+
+/* The loop watches each connection's socket for the client leaving from the
+ * connection's start to its end, not from each park to its wake: so a
+ * connection that served requests before it parked one, and a client that
+ * shut its side before its request was parked, are noticed too. */
+TEST(stream_a_kept_alive_or_half_closed_client_that_leaves_is_noticed)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", "--log-level", "debug", NULL);
+	int64_t id = submit(&s, "{\"task\":\"sleep\",\"items\":[[30]]}");
+	char req[512];
+	/* HTTP/1.1, kept alive: one answered request, then a parked one. */
+	int fd = raw_connect(&s);
+	int n = snprintf(req, sizeof req,
+			 "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+			 "GET /v1/batches/%lld?wait=60 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+			 (long long)id);
+	CHECK(write(fd, req, (size_t)n) == n);
+	wait_parked(&s, 1);
+	char got[4096];
+	ssize_t k = read(fd, got, sizeof got - 1); /* the health check's answer */
+	CHECK(k > 0);
+	got[k > 0 ? k : 0] = '\0';
+	CHECK(strstr(got, "HTTP/1.1 200") == got);
+	close(fd);
+	int64_t deadline = in_ms(5000);
+	while (server_log_count(&s, "event=client_gone", NULL) < 1)
+		if (harness_now_ms() > deadline)
+			FAILF("the server did not notice a kept-alive client leave");
+	/* Half-closed at once: the end may reach the loop before the park. */
+	for (int i = 0; i < 20; i++) {
+		fd = raw_connect(&s);
+		n = snprintf(req, sizeof req, "GET /v1/batches/%lld?wait=60 HTTP/1.1\r\nHost: x\r\n\r\n",
+			     (long long)id);
+		CHECK(write(fd, req, (size_t)n) == n);
+		shutdown(fd, SHUT_WR);
+		wait_parked(&s, 2 + i);
+		deadline = in_ms(5000);
+		while (server_metric(&s, "forkpool_http_connections{state=\"parked\"}") > 0)
+			if (harness_now_ms() > deadline)
+				FAILF("a long-poll whose client shut its side is still parked (round %d)", i);
+		close(fd);
+	}
 	server_stop(&s);
 }
 
