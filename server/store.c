@@ -49,10 +49,10 @@ const char *const store_sql[S_NSTMTS] = {
     [S_SP_UNDO] = "ROLLBACK TO submit",
     /* Never an id given before, even if retention deleted the batch that
      * had it (it raises next_batch_id): schema/004_fewer_pages.sql. */
+    [S_NEXT_ID] = "SELECT max(coalesce((SELECT max(id) FROM batches), 0),"
+		  " coalesce((SELECT value FROM meta WHERE key = 'next_batch_id'), 1) - 1) + 1",
     [S_INS_BATCH] = "INSERT INTO batches (id, task, size, chunksize, timeout, created_at, n_pending,"
-		    " retries) VALUES (max(coalesce((SELECT max(id) FROM batches), 0),"
-		    " coalesce((SELECT value FROM meta WHERE key = 'next_batch_id'), 1) - 1) + 1,"
-		    " ?1, ?2, ?3, ?4, ?5, ?2, ?6)",
+		    " retries) VALUES (?7, ?1, ?2, ?3, ?4, ?5, ?2, ?6)",
     /* A batch whose size is -1 is an NDJSON upload still arriving: nobody
      * sees it until it is sealed (store_upload_seal). */
     [S_GET_BATCH] = "SELECT " BATCH_COLS " FROM batches WHERE id = ?1 AND size >= 0",
@@ -265,6 +265,7 @@ static void drop_memory(struct store *s)
 	s->rg.batch = -1;
 	s->resume.batch = -1;
 	s->ndeltas = 0;
+	s->next_id = 0;
 	s->done_seq = s->done_seq_committed;
 	s->seq_bound = s->seq_bound_committed;
 }
@@ -707,10 +708,29 @@ void store_close(struct store *s)
 
 /* ---- batches ---- */
 
+/* The id the next batch gets: read once, then counted here (the server is
+ * the database's only writer). Reading it took two subqueries in every
+ * submission's INSERT. */
+static int64_t next_id(struct store *s)
+{
+	if (s->next_id > 0)
+		return s->next_id;
+	sqlite3_stmt *st = s->st[S_NEXT_ID];
+	if (sqlite3_step(st) == SQLITE_ROW)
+		s->next_id = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	return s->next_id > 0 ? s->next_id : db_fail(s, "next_batch_id");
+}
+
 int store_batch_begin(struct store *s, struct batch *b)
 {
 	if (db_begin(s) < 0 || db_run(s, S_SP_BEGIN) < 0)
 		return -1;
+	int64_t id = next_id(s);
+	if (id < 0) {
+		store_batch_end(s, 0);
+		return -1;
+	}
 	sqlite3_stmt *st = s->st[S_INS_BATCH];
 	sqlite3_bind_text(st, 1, b->task, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, b->size);
@@ -719,11 +739,24 @@ int store_batch_begin(struct store *s, struct batch *b)
 		sqlite3_bind_double(st, 4, b->timeout);
 	sqlite3_bind_int64(st, 5, b->created_ms);
 	sqlite3_bind_int64(st, 6, b->retries);
+	sqlite3_bind_int64(st, 7, id);
 	if (db_run(s, S_INS_BATCH) < 0) {
 		store_batch_end(s, 0);
 		return -1;
 	}
-	b->id = s->submitting = sqlite3_last_insert_rowid(s->db);
+	b->id = s->submitting = id;
+	s->next_id = id + 1;
+	if (b->size >= 0) {
+		/* The row as it now is, so its first read needs no SELECT
+		 * (an upload's, size -1, is nobody's to read until sealed). */
+		struct batch *e = bcache_slot(s, id);
+		*e = *b;
+		memset(e->counts, 0, sizeof e->counts);
+		e->counts[FS_PENDING] = b->size;
+		e->finished_ms = -1;
+		if (!(e->timeout > 0))
+			e->timeout = 0; /* stored as NULL */
+	}
 	return 0;
 }
 
@@ -748,6 +781,7 @@ int store_batch_end(struct store *s, int ok)
 	s->submitting = 0;
 	if (!ok) {
 		bcache_drop(s);
+		s->next_id = 0; /* the undone insert's id is free again */
 		store_forget(s, batch); /* its fresh segments too */
 		if (db_run(s, S_SP_UNDO) < 0)
 			return -1;

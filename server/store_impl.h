@@ -26,6 +26,7 @@ enum stmt_id {
 	S_SP_BEGIN,
 	S_SP_RELEASE,
 	S_SP_UNDO,
+	S_NEXT_ID,
 	S_INS_BATCH,
 	S_GET_BATCH,
 	S_LIST_BATCHES,
@@ -142,6 +143,7 @@ struct store {
 		int off;
 	} resume;
 	int64_t submitting; /* the batch between store_batch_begin and _end */
+	int64_t next_id;    /* the id the next batch gets; 0: read it (next_id) */
 	struct buf scratch; /* an items blob being written */
 	/* The outcome group a submission-order read found last: a copy of its
 	 * records, decoded (strings point into blob). */

@@ -106,6 +106,8 @@ TEST(store_undone_batch_leaves_nothing)
 	CHECK_INT(store_batch_get(s, b.id, &out), 0);
 	struct collect c = {0};
 	CHECK_INT(store_futures(s, b.id, 0, -1, -1, on_future, &c), 0);
+	/* Nobody saw its id: the next batch has it, not a gap. */
+	CHECK_INT(add_batch(s, "square", 1), b.id);
 	store_close(s);
 }
 
@@ -1060,7 +1062,8 @@ static struct batch row_from_file(int64_t id)
 	CHECK_INT(sqlite3_open_v2("./db/forkpool.db", &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
 	CHECK_INT(sqlite3_prepare_v2(db,
 				     "SELECT n_pending, n_running, n_finished, n_failed, n_cancelled,"
-				     " coalesce(finished_at, -1), size FROM batches WHERE id = ?1",
+				     " coalesce(finished_at, -1), size, task, chunksize,"
+				     " coalesce(timeout, 0), created_at, retries FROM batches WHERE id = ?1",
 				     -1, &st, NULL),
 		  SQLITE_OK);
 	sqlite3_bind_int64(st, 1, id);
@@ -1070,6 +1073,11 @@ static struct batch row_from_file(int64_t id)
 			b.counts[k] = sqlite3_column_int64(st, k);
 		b.finished_ms = sqlite3_column_int64(st, 5);
 		b.size = sqlite3_column_int64(st, 6);
+		snprintf(b.task, sizeof b.task, "%s", (const char *)sqlite3_column_text(st, 7));
+		b.chunksize = sqlite3_column_int64(st, 8);
+		b.timeout = sqlite3_column_double(st, 9);
+		b.created_ms = sqlite3_column_int64(st, 10);
+		b.retries = sqlite3_column_int64(st, 11);
 	}
 	sqlite3_finalize(st);
 	sqlite3_close(db);
@@ -1084,14 +1092,27 @@ static void same_as_file(struct store *s, int64_t id)
 		CHECK_INT(cached.counts[k], file.counts[k]);
 	CHECK_INT(cached.finished_ms, file.finished_ms);
 	CHECK_INT(cached.size, file.size);
+	CHECK_STR(cached.task, file.task);
+	CHECK_INT(cached.chunksize, file.chunksize);
+	CHECK(cached.timeout == file.timeout);
+	CHECK_INT(cached.created_ms, file.created_ms);
+	CHECK_INT(cached.retries, file.retries);
 }
 
-/* store_batch_get answers from a cache of batch rows that every change of
- * counts keeps current: after each step it reads what the file holds. */
+/* store_batch_get answers from a cache of batch rows, filled by the insert
+ * and kept current by every change of counts: after each step it reads
+ * what the file holds. */
 TEST(store_cached_batch_rows_match_the_database_at_every_step)
 {
 	struct store *s = open_db();
 	int64_t id = add_batch(s, "square", 4), other = add_batch(s, "square", 1);
+	struct batch t = {.size = 1, .chunksize = 5, .timeout = 2.5, .retries = 3, .created_ms = 1234};
+	snprintf(t.task, sizeof t.task, "echo");
+	CHECK_INT(store_batch_begin(s, &t), 0);
+	CHECK_INT(store_batch_item(s, t.id, 0, "[1]", 3), 0);
+	CHECK_INT(store_batch_end(s, 1), 0);
+	same_as_file(s, t.id);
+	CHECK_INT(t.id, other + 1);
 	int64_t idx[4];
 	struct buf args = {0};
 	same_as_file(s, id);
