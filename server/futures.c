@@ -44,6 +44,14 @@ static int group_write(struct store *s, struct group *gr)
 		return 0;
 	if (write_row(s, S_INS_GROUP, gr->batch, gr->last_seq, &gr->recs) < 0)
 		return -1;
+	if (gr->recs.len <= WG_BYTES) {
+		struct wgroup *w = &s->wg[(uint64_t)gr->batch % WGCACHE];
+		w->batch = gr->batch;
+		w->first_seq = gr->first_seq;
+		w->last_seq = gr->last_seq;
+		buf_reset(&w->blob);
+		buf_add(&w->blob, gr->recs.data, gr->recs.len);
+	}
 	gr->n = 0;
 	buf_reset(&gr->recs);
 	return 0;
@@ -63,46 +71,119 @@ int flush_groups(struct store *s)
 
 /* ---- the segment cache ---- */
 
+static unsigned seg_bucket(int64_t batch, int64_t seg)
+{
+	return (unsigned)(((uint64_t)batch * 2654435761u + (uint64_t)seg * 40503u) % SEG_HASH);
+}
+
+/* Moves g to the newest end of the use order. */
+static void seg_touch(struct store *s, struct segment *g)
+{
+	if (s->seg_newest == g)
+		return;
+	if (g->older)
+		g->older->newer = g->newer;
+	else if (s->seg_oldest == g)
+		s->seg_oldest = g->newer;
+	if (g->newer)
+		g->newer->older = g->older;
+	g->older = s->seg_newest;
+	g->newer = NULL;
+	if (s->seg_newest)
+		s->seg_newest->newer = g;
+	s->seg_newest = g;
+	if (!s->seg_oldest)
+		s->seg_oldest = g;
+}
+
+static void seg_bind(struct store *s, struct segment *g, int64_t batch, int64_t seg)
+{
+	g->batch = batch;
+	g->seg = seg;
+	struct segment **head = &s->seg_hash[seg_bucket(batch, seg)];
+	g->hnext = *head;
+	*head = g;
+	seg_touch(s, g);
+	s->last_seg = g;
+}
+
+/* Empties g (its contents are dropped, written or not) and makes it the
+ * next to be reused. */
+static void seg_unbind(struct store *s, struct segment *g)
+{
+	if (g->batch >= 0) {
+		struct segment **p = &s->seg_hash[seg_bucket(g->batch, g->seg)];
+		while (*p != g)
+			p = &(*p)->hnext;
+		*p = g->hnext;
+	}
+	g->batch = -1;
+	g->dirty = g->fresh = 0;
+	g->hnext = NULL;
+	if (s->last_seg == g)
+		s->last_seg = NULL;
+	if (s->seg_oldest == g)
+		return;
+	/* to the oldest end */
+	if (g->newer)
+		g->newer->older = g->older;
+	else
+		s->seg_newest = g->older;
+	if (g->older)
+		g->older->newer = g->newer;
+	g->newer = s->seg_oldest;
+	g->older = NULL;
+	if (s->seg_oldest)
+		s->seg_oldest->older = g;
+	s->seg_oldest = g;
+	if (!s->seg_newest)
+		s->seg_newest = g;
+}
+
+void seg_drop_all(struct store *s)
+{
+	for (int i = 0; i < s->nsegs; i++) {
+		struct segment *g = s->segs[i];
+		g->batch = -1;
+		g->dirty = g->fresh = 0;
+		g->hnext = NULL;
+	}
+	memset(s->seg_hash, 0, sizeof s->seg_hash);
+	s->last_seg = NULL;
+}
+
 /* The cached segment, or NULL. */
 static struct segment *seg_find(struct store *s, int64_t batch, int64_t seg)
 {
 	struct segment *g = s->last_seg;
 	if (g && g->batch == batch && g->seg == seg)
 		return g;
-	for (int i = 0; i < s->nsegs; i++) {
-		g = s->segs[i];
+	for (g = s->seg_hash[seg_bucket(batch, seg)]; g; g = g->hnext)
 		if (g->batch == batch && g->seg == seg)
 			return s->last_seg = g;
-	}
 	return NULL;
 }
 
-/* A free entry: an empty one, else the least recently used, written first
- * if dirty. NULL on a write error. */
+/* A free entry: a new one while the cache has room, else the oldest (an
+ * empty one is the oldest), written first if dirty. NULL on a write
+ * error. */
 static struct segment *seg_slot(struct store *s)
 {
+	struct segment *g;
 	if (s->nsegs < SEG_CACHE) {
-		struct segment *g = malloc(sizeof *g);
+		g = calloc(1, sizeof *g);
 		if (!g)
 			abort();
 		g->batch = -1;
-		g->dirty = g->fresh = 0;
-		return s->segs[s->nsegs++] = g;
+		s->segs[s->nsegs++] = g;
+		seg_touch(s, g);
+		return g;
 	}
-	struct segment *lru = NULL;
-	for (int i = 0; i < s->nsegs; i++) {
-		struct segment *g = s->segs[i];
-		if (g->batch < 0)
-			return g;
-		if (!lru || g->used < lru->used)
-			lru = g;
-	}
-	if (lru->dirty && seg_write(s, lru) < 0)
+	g = s->seg_oldest;
+	if (g->dirty && seg_write(s, g) < 0)
 		return NULL;
-	if (s->last_seg == lru)
-		s->last_seg = NULL;
-	lru->batch = -1;
-	return lru;
+	seg_unbind(s, g);
+	return g;
 }
 
 /* The segment as the transaction sees it: 1 and *out, 0 if the batch has no
@@ -133,13 +214,12 @@ int seg_get(struct store *s, int64_t batch, int64_t seg, struct segment **out)
 				 (long long)batch);
 			return -1;
 		}
-		g->batch = batch;
-		g->seg = seg;
+		seg_bind(s, g, batch, seg);
 		g->n = n;
 		g->dirty = 0;
-		s->last_seg = g;
+	} else {
+		seg_touch(s, g);
 	}
-	g->used = ++s->tick;
 	*out = g;
 	return 1;
 }
@@ -165,13 +245,12 @@ void store_forget(struct store *s, int64_t batch)
 {
 	bcache_forget(s, batch);
 	for (int i = 0; i < s->nsegs; i++)
-		if (s->segs[i]->batch == batch) {
-			s->segs[i]->batch = -1;
-			s->segs[i]->dirty = s->segs[i]->fresh = 0;
-		}
-	s->last_seg = NULL;
+		if (s->segs[i]->batch == batch)
+			seg_unbind(s, s->segs[i]);
 	if (s->rg.batch == batch)
 		s->rg.batch = -1;
+	if (s->wg[(uint64_t)batch % WGCACHE].batch == batch)
+		s->wg[(uint64_t)batch % WGCACHE].batch = 0;
 	if (s->resume.batch == batch)
 		s->resume.batch = -1;
 	for (int i = 0; i < s->ncursors; i++)
@@ -237,7 +316,8 @@ static int outcome_add(struct store *s, int64_t batch, const struct future *f)
 		if (group_write(s, gr) < 0)
 			return -1;
 	segfmt_put_outcome(&gr->recs, f);
-	gr->n++;
+	if (gr->n++ == 0)
+		gr->first_seq = f->done_seq;
 	gr->last_seq = f->done_seq;
 	return 0;
 }
@@ -493,9 +573,19 @@ static void open_future(const struct seg_item *it, int64_t idx, struct future *f
 			     .worker = it->worker, .started_ms = it->started_ms, .finished_ms = -1};
 }
 
+static int rg_decode(struct store *s, int64_t batch, int64_t seq);
+
 /* Decodes the group of batch holding cursor seq into s->rg. 1, 0 (none), -1. */
 static int rg_load(struct store *s, int64_t batch, int64_t seq)
 {
+	struct wgroup *w = &s->wg[(uint64_t)batch % WGCACHE];
+	if (w->batch == batch && seq >= w->first_seq && seq <= w->last_seq) {
+		/* Groups of a batch hold disjoint, increasing cursors: this is
+		 * the first whose last_seq >= seq, what S_GROUP_AT finds. */
+		buf_reset(&s->rg.blob);
+		buf_add(&s->rg.blob, w->blob.data, w->blob.len);
+		return rg_decode(s, batch, seq);
+	}
 	sqlite3_stmt *st = s->st[S_GROUP_AT];
 	sqlite3_bind_int64(st, 1, batch);
 	sqlite3_bind_int64(st, 2, seq);
@@ -510,7 +600,14 @@ static int rg_load(struct store *s, int64_t batch, int64_t seq)
 		return 0;
 	if (rc != SQLITE_ROW)
 		return db_fail(s, "outcomes");
+	return rg_decode(s, batch, seq);
+}
+
+/* Decodes s->rg.blob, the group of batch holding seq. 1, or -1. */
+static int rg_decode(struct store *s, int64_t batch, int64_t seq)
+{
 	const unsigned char *p = (const unsigned char *)s->rg.blob.data, *end = p + s->rg.blob.len;
+	s->rg.batch = -1;
 	s->rg.n = 0;
 	while (p < end) {
 		if (s->rg.n == s->rg.cap) {
@@ -721,12 +818,9 @@ int builder_write(struct store *s, struct builder *bl)
 		return -1;
 	for (int k = 0; k < bl->n; k++)
 		g->it[k] = (struct seg_item){.started_ms = -1};
-	g->batch = bl->batch;
-	g->seg = seg;
+	seg_bind(s, g, bl->batch, seg);
 	g->n = bl->n;
 	g->dirty = g->fresh = 1;
-	g->used = ++s->tick;
-	s->last_seg = g;
 	bl->n = 0;
 	buf_reset(&bl->args);
 	return 0;

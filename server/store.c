@@ -253,16 +253,14 @@ static void bcache_apply(struct batch *b, const int64_t d[FS_NSTATES], int64_t n
 static void drop_memory(struct store *s)
 {
 	bcache_drop(s);
-	for (int i = 0; i < s->nsegs; i++) {
-		s->segs[i]->batch = -1;
-		s->segs[i]->dirty = s->segs[i]->fresh = 0;
-	}
-	s->last_seg = NULL;
+	seg_drop_all(s);
 	for (size_t i = 0; i < s->ngroups; i++)
 		buf_free(&s->groups[i].recs);
 	s->ngroups = 0;
 	s->ncursors = 0;
 	s->rg.batch = -1;
+	for (int i = 0; i < WGCACHE; i++)
+		s->wg[i].batch = 0;
 	s->resume.batch = -1;
 	s->ndeltas = 0;
 	s->next_id = 0;
@@ -702,6 +700,8 @@ void store_close(struct store *s)
 	free(s->builders);
 	buf_free(&s->scratch);
 	buf_free(&s->rg.blob);
+	for (int i = 0; i < WGCACHE; i++)
+		buf_free(&s->wg[i].blob);
 	free(s->rg.f);
 	free(s);
 }

@@ -60,23 +60,33 @@ struct delta {
  * results costs one UPDATE per 256 items. Outcomes are appended to a group
  * per batch, written when full and at commit. A rollback drops all of it. */
 #define SEG_CACHE 256 /* segments held: more than two chunks of 10,000 in flight */
+#define SEG_HASH 512  /* chains finding them by (batch, seg) */
 #define NCURSORS 128  /* batches whose claim position is remembered */
 #define BCACHE 256    /* batch rows cached */
+#define WGCACHE 256   /* outcome groups kept after their write, one per batch slot */
+#define WG_BYTES 4096 /* the largest group kept so */
 #define SEQ_BLOCK 65536 /* how far meta's done_seq runs ahead of the cursors given */
 
 struct segment {
 	int64_t batch, seg;
 	int n, dirty;
 	int fresh; /* made by a submission and not in the database yet: dirty */
-	uint64_t used; /* the store's tick at its latest use (eviction) */
+	struct segment *hnext;	      /* in its seg_hash chain, while it holds one */
+	struct segment *older, *newer; /* the cache's use order (eviction: the oldest) */
 	struct seg_item it[SEG_ITEMS];
 };
 
 /* Outcomes of one batch not yet written: records with increasing cursors. */
 struct group {
-	int64_t batch, last_seq;
+	int64_t batch, first_seq, last_seq;
 	int n;
 	struct buf recs;
+};
+
+/* An outcome group as written (struct store's wg). */
+struct wgroup {
+	int64_t batch, first_seq, last_seq;
+	struct buf blob;
 };
 
 /* A new batch's items not yet written: the segment being filled. */
@@ -124,10 +134,14 @@ struct store {
 	 * single-item call's several reads of its batch one (W3: 18,000
 	 * instructions an item). */
 	struct batch bcache[BCACHE];
+	/* The segment cache: found through seg_hash, evicted oldest first.
+	 * A scan of all 256 entries for each lookup and each eviction was 2%
+	 * of the server's time in W3, where every call is a new segment. */
 	struct segment *segs[SEG_CACHE];
 	int nsegs;
+	struct segment *seg_hash[SEG_HASH];
+	struct segment *seg_oldest, *seg_newest;
 	struct segment *last_seg; /* the latest found: most lookups hit it */
-	uint64_t tick;
 	struct group *groups;
 	size_t ngroups, capgroups;
 	struct builder *builders;
@@ -145,6 +159,12 @@ struct store {
 	int64_t submitting; /* the batch between store_batch_begin and _end */
 	int64_t next_id;    /* the id the next batch gets; 0: read it (next_id) */
 	struct buf scratch; /* an items blob being written */
+	/* The latest outcome group written of a batch, direct-mapped by id
+	 * (batch 0: empty), if small: the answer to a call that waited reads
+	 * its result from here, not back from the file it was just written
+	 * to (W3: 4,300 instructions an item). Groups are never changed
+	 * once written; store_forget and rollbacks drop them. */
+	struct wgroup wg[WGCACHE];
 	/* The outcome group a submission-order read found last: a copy of its
 	 * records, decoded (strings point into blob). */
 	struct {
@@ -179,6 +199,7 @@ void bcache_forget(struct store *s, int64_t batch);
  * puts a running item back to pending, its attempt given back or kept. */
 int seg_write(struct store *s, struct segment *g);
 int flush_groups(struct store *s);
+void seg_drop_all(struct store *s);
 int seg_get(struct store *s, int64_t batch, int64_t seg, struct segment **out);
 void to_pending(struct store *s, int64_t batch, int64_t idx, struct seg_item *it, int give_back);
 

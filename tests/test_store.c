@@ -1139,6 +1139,35 @@ TEST(store_cached_batch_rows_match_the_database_at_every_step)
 	store_close(s);
 }
 
+/* A call that waited reads its result from the outcome group just written,
+ * which the store keeps: with the rows gone behind its back both batches'
+ * results are still read, and once a batch is forgotten its result is not. */
+TEST(store_written_outcome_groups_answer_reads_until_forgotten)
+{
+	struct store *s = open_db();
+	int64_t a = add_batch(s, "square", 1), b = add_batch(s, "square", 1);
+	int64_t idx[1];
+	struct buf args = {0};
+	CHECK_INT(store_claim(s, a, 1, 7, 2000, idx, &args), 1);
+	CHECK_INT(store_claim(s, b, 1, 7, 2000, idx, &args), 1);
+	CHECK_INT(store_finish(s, a, 0, "49", 2, 2000, 2001), 0);
+	CHECK_INT(store_finish(s, b, 0, "64", 2, 2000, 2002), 0);
+	CHECK_INT(store_commit(s), 0);
+	CHECK_INT(sqlite3_exec(store_sqlite(s), "DELETE FROM outcomes", NULL, NULL, NULL), SQLITE_OK);
+	struct collect c = {0};
+	CHECK_INT(store_future_get(s, a, 0, on_future, &c), 1);
+	CHECK_INT(store_future_get(s, b, 0, on_future, &c), 1);
+	CHECK_INT(store_future_get(s, a, 0, on_future, &c), 1);
+	CHECK_INT(c.n, 3);
+	CHECK_STR(c.text[0], "49");
+	CHECK_STR(c.text[1], "64");
+	CHECK_STR(c.text[2], "49");
+	store_forget(s, a);
+	CHECK_INT(store_future_get(s, a, 0, on_future, &c), -1); /* its outcome is missing now */
+	buf_free(&args);
+	store_close(s);
+}
+
 /* The byte formats (segfmt.c): extreme values round-trip, a varint with
  * room to spare and one at the blob's very end, and truncated or over-long
  * blobs are refused, never read past. */
