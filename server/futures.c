@@ -38,20 +38,44 @@ int seg_write(struct store *s, struct segment *g)
 	return 0;
 }
 
+void kept_put(struct kept *k, int64_t batch, int64_t lo, int64_t hi, const struct buf *blob)
+{
+	struct kept *e = &k[(uint64_t)batch % KEPT];
+	if (blob->len > KEPT_BYTES) {
+		if (e->batch == batch)
+			e->batch = 0; /* an older one of the batch must not stay */
+		return;
+	}
+	e->batch = batch;
+	e->lo = lo;
+	e->hi = hi;
+	buf_reset(&e->blob);
+	buf_add(&e->blob, blob->data, blob->len);
+}
+
+const struct kept *kept_get(const struct kept *k, int64_t batch, int64_t key)
+{
+	const struct kept *e = &k[(uint64_t)batch % KEPT];
+	return e->batch == batch && key >= e->lo && key <= e->hi ? e : NULL;
+}
+
+void kept_drop(struct store *s, int64_t batch, int all)
+{
+	for (int i = 0; i < KEPT; i++) {
+		if (all || s->kept_args[i].batch == batch)
+			s->kept_args[i].batch = 0;
+		if (all || s->kept_groups[i].batch == batch)
+			s->kept_groups[i].batch = 0;
+	}
+}
+
 static int group_write(struct store *s, struct group *gr)
 {
 	if (gr->n == 0)
 		return 0;
 	if (write_row(s, S_INS_GROUP, gr->batch, gr->last_seq, &gr->recs) < 0)
 		return -1;
-	if (gr->recs.len <= WG_BYTES) {
-		struct wgroup *w = &s->wg[(uint64_t)gr->batch % WGCACHE];
-		w->batch = gr->batch;
-		w->first_seq = gr->first_seq;
-		w->last_seq = gr->last_seq;
-		buf_reset(&w->blob);
-		buf_add(&w->blob, gr->recs.data, gr->recs.len);
-	}
+	kept_put(s->kept_groups, gr->batch, gr->first_seq, gr->last_seq, &gr->recs);
 	gr->n = 0;
 	buf_reset(&gr->recs);
 	return 0;
@@ -249,35 +273,27 @@ void store_forget(struct store *s, int64_t batch)
 			seg_unbind(s, s->segs[i]);
 	if (s->rg.batch == batch)
 		s->rg.batch = -1;
-	if (s->wg[(uint64_t)batch % WGCACHE].batch == batch)
-		s->wg[(uint64_t)batch % WGCACHE].batch = 0;
+	kept_drop(s, batch, 0);
 	if (s->resume.batch == batch)
 		s->resume.batch = -1;
-	for (int i = 0; i < s->ncursors; i++)
-		if (s->cursors[i].batch == batch)
-			s->cursors[i].batch = 0;
+	if (s->cursors[(uint64_t)batch % NCURSORS].batch == batch)
+		s->cursors[(uint64_t)batch % NCURSORS].batch = 0;
 }
 
 /* ---- claim positions ---- */
 
+/* Direct-mapped by id: two batches that share a slot take turns, and the
+ * one without it claims from its start (the states tell what is pending). */
 static struct cursor *cursor_find(struct store *s, int64_t batch)
 {
-	for (int i = 0; i < s->ncursors; i++)
-		if (s->cursors[i].batch == batch)
-			return &s->cursors[i];
-	return NULL;
+	struct cursor *c = &s->cursors[(uint64_t)batch % NCURSORS];
+	return c->batch == batch ? c : NULL;
 }
 
 static void cursor_set(struct store *s, int64_t batch, int64_t idx)
 {
-	struct cursor *c = cursor_find(s, batch);
-	if (!c) {
-		if (s->ncursors < NCURSORS)
-			c = &s->cursors[s->ncursors++];
-		else /* the oldest goes */
-			c = &s->cursors[s->next_cursor++ % NCURSORS];
-		c->batch = batch;
-	}
+	struct cursor *c = &s->cursors[(uint64_t)batch % NCURSORS];
+	c->batch = batch;
 	c->idx = idx;
 }
 
@@ -492,20 +508,28 @@ int store_claim(struct store *s, int64_t batch, int64_t max, int64_t pid, int64_
 			break;
 		/* The arguments are read only if the segment has a pending item. */
 		const char *line = NULL, *end = NULL;
+		int stepped = 0; /* line is in st's row */
 		int at = 0; /* the index in the segment that line is at */
 		int k = (int)(pos % SEG_ITEMS);
 		for (; k < g->n && n < max; k++) {
 			if (g->it[k].state != FS_PENDING)
 				continue;
 			if (!line) {
-				sqlite3_bind_int64(st, 1, batch);
-				sqlite3_bind_int64(st, 2, seg);
-				if (sqlite3_step(st) != SQLITE_ROW) {
-					sqlite3_reset(st);
-					return db_fail(s, "claim_args");
+				const struct kept *ka = kept_get(s->kept_args, batch, seg);
+				if (ka) {
+					line = ka->blob.data;
+					end = line + ka->blob.len;
+				} else {
+					sqlite3_bind_int64(st, 1, batch);
+					sqlite3_bind_int64(st, 2, seg);
+					if (sqlite3_step(st) != SQLITE_ROW) {
+						sqlite3_reset(st);
+						return db_fail(s, "claim_args");
+					}
+					line = sqlite3_column_blob(st, 0);
+					end = line + sqlite3_column_bytes(st, 0);
+					stepped = 1;
 				}
-				line = sqlite3_column_blob(st, 0);
-				end = line + sqlite3_column_bytes(st, 0);
 			}
 			for (; at < k && line < end; at++) {
 				const char *nl = memchr(line, '\n', (size_t)(end - line));
@@ -513,7 +537,8 @@ int store_claim(struct store *s, int64_t batch, int64_t max, int64_t pid, int64_
 			}
 			const char *nl = line < end ? memchr(line, '\n', (size_t)(end - line)) : NULL;
 			if (!nl) {
-				sqlite3_reset(st);
+				if (stepped)
+					sqlite3_reset(st);
 				snprintf(s->last_error, sizeof s->last_error,
 					 "the arguments of batch %lld are unreadable", (long long)batch);
 				log_error("db_corrupt", "batch=%lld seg=%lld msg=\"unreadable arguments\"",
@@ -526,7 +551,7 @@ int store_claim(struct store *s, int64_t batch, int64_t max, int64_t pid, int64_
 			take(g, k, pid, now_ms);
 			idx[n++] = seg * SEG_ITEMS + k;
 		}
-		if (line)
+		if (stepped)
 			sqlite3_reset(st);
 		pos = seg * SEG_ITEMS + k;
 		if (k < g->n || g->n < SEG_ITEMS)
@@ -578,8 +603,8 @@ static int rg_decode(struct store *s, int64_t batch, int64_t seq);
 /* Decodes the group of batch holding cursor seq into s->rg. 1, 0 (none), -1. */
 static int rg_load(struct store *s, int64_t batch, int64_t seq)
 {
-	struct wgroup *w = &s->wg[(uint64_t)batch % WGCACHE];
-	if (w->batch == batch && seq >= w->first_seq && seq <= w->last_seq) {
+	const struct kept *w = kept_get(s->kept_groups, batch, seq);
+	if (w) {
 		/* Groups of a batch hold disjoint, increasing cursors: this is
 		 * the first whose last_seq >= seq, what S_GROUP_AT finds. */
 		buf_reset(&s->rg.blob);
@@ -813,6 +838,7 @@ int builder_write(struct store *s, struct builder *bl)
 	int64_t seg = (bl->next - 1) / SEG_ITEMS;
 	if (write_row(s, S_INS_ARGS, bl->batch, seg, &bl->args) < 0)
 		return -1;
+	kept_put(s->kept_args, bl->batch, seg, seg, &bl->args);
 	struct segment *g = seg_slot(s);
 	if (!g)
 		return -1;

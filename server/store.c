@@ -257,10 +257,9 @@ static void drop_memory(struct store *s)
 	for (size_t i = 0; i < s->ngroups; i++)
 		buf_free(&s->groups[i].recs);
 	s->ngroups = 0;
-	s->ncursors = 0;
+	memset(s->cursors, 0, sizeof s->cursors);
 	s->rg.batch = -1;
-	for (int i = 0; i < WGCACHE; i++)
-		s->wg[i].batch = 0;
+	kept_drop(s, 0, 1);
 	s->resume.batch = -1;
 	s->ndeltas = 0;
 	s->next_id = 0;
@@ -704,8 +703,10 @@ void store_close(struct store *s)
 	free(s->builders);
 	buf_free(&s->scratch);
 	buf_free(&s->rg.blob);
-	for (int i = 0; i < WGCACHE; i++)
-		buf_free(&s->wg[i].blob);
+	for (int i = 0; i < KEPT; i++) {
+		buf_free(&s->kept_args[i].blob);
+		buf_free(&s->kept_groups[i].blob);
+	}
 	free(s->rg.f);
 	free(s);
 }

@@ -63,8 +63,8 @@ struct delta {
 #define SEG_HASH 512  /* chains finding them by (batch, seg) */
 #define NCURSORS 128  /* batches whose claim position is remembered */
 #define BCACHE 256    /* batch rows cached */
-#define WGCACHE 256   /* outcome groups kept after their write, one per batch slot */
-#define WG_BYTES 4096 /* the largest group kept so */
+#define KEPT 256        /* written blobs kept, per kind: one per batch slot */
+#define KEPT_BYTES 4096 /* the largest blob kept */
 #define SEQ_BLOCK 65536 /* how far meta's done_seq runs ahead of the cursors given */
 
 struct segment {
@@ -83,9 +83,11 @@ struct group {
 	struct buf recs;
 };
 
-/* An outcome group as written (struct store's wg). */
-struct wgroup {
-	int64_t batch, first_seq, last_seq;
+/* A blob as written, for rows that never change once written (a segment's
+ * arguments, an outcome group): it holds keys lo..hi of batch (batch 0:
+ * empty). See struct store's kept_args and kept_groups. */
+struct kept {
+	int64_t batch, lo, hi;
 	struct buf blob;
 };
 
@@ -147,7 +149,6 @@ struct store {
 	struct builder *builders;
 	size_t nbuilders, capbuilders;
 	struct cursor cursors[NCURSORS];
-	int ncursors, next_cursor;
 	/* Where the latest completion-order read stopped inside a group:
 	 * the next page, asking for what comes after seq, starts at byte off
 	 * of group last_seq instead of decoding it from its start (groups are
@@ -159,12 +160,14 @@ struct store {
 	int64_t submitting; /* the batch between store_batch_begin and _end */
 	int64_t next_id;    /* the id the next batch gets; 0: read it (next_id) */
 	struct buf scratch; /* an items blob being written */
-	/* The latest outcome group written of a batch, direct-mapped by id
-	 * (batch 0: empty), if small: the answer to a call that waited reads
-	 * its result from here, not back from the file it was just written
-	 * to (W3: 4,300 instructions an item). Groups are never changed
-	 * once written; store_forget and rollbacks drop them. */
-	struct wgroup wg[WGCACHE];
+	/* The latest small arguments row and outcome group written of a
+	 * batch, direct-mapped by id (kept_put, kept_get): the claim of a
+	 * call's item and the answer to a call that waited read them from
+	 * here, not back from the file they were just written to (W3: about
+	 * 3,000 and 4,300 instructions an item). store_forget and rollbacks
+	 * drop them. */
+	struct kept kept_args[KEPT];   /* lo = hi = the segment */
+	struct kept kept_groups[KEPT]; /* lo..hi: the group's cursors */
 	/* The outcome group a submission-order read found last: a copy of its
 	 * records, decoded (strings point into blob). */
 	struct {
@@ -199,6 +202,12 @@ void bcache_forget(struct store *s, int64_t batch);
  * puts a running item back to pending, its attempt given back or kept. */
 int seg_write(struct store *s, struct segment *g);
 int flush_groups(struct store *s);
+/* Keeps a copy of a blob just written, if small; the kept blob of batch
+ * whose keys hold key, or NULL. */
+void kept_put(struct kept *k, int64_t batch, int64_t lo, int64_t hi, const struct buf *blob);
+const struct kept *kept_get(const struct kept *k, int64_t batch, int64_t key);
+/* Empties both tables (all == 1) or batch's entries. */
+void kept_drop(struct store *s, int64_t batch, int all);
 void seg_drop_all(struct store *s);
 int seg_get(struct store *s, int64_t batch, int64_t seg, struct segment **out);
 void to_pending(struct store *s, int64_t batch, int64_t idx, struct seg_item *it, int give_back);

@@ -1139,17 +1139,21 @@ TEST(store_cached_batch_rows_match_the_database_at_every_step)
 	store_close(s);
 }
 
-/* A call that waited reads its result from the outcome group just written,
- * which the store keeps: with the rows gone behind its back both batches'
- * results are still read, and once a batch is forgotten its result is not. */
-TEST(store_written_outcome_groups_answer_reads_until_forgotten)
+/* A claim reads its items' arguments, and a call that waited its result,
+ * from the rows just written, which the store keeps: with the rows gone
+ * behind its back both batches' are still read, and once a batch is
+ * forgotten its are not. */
+TEST(store_written_arguments_and_outcome_groups_are_read_until_forgotten)
 {
 	struct store *s = open_db();
 	int64_t a = add_batch(s, "square", 1), b = add_batch(s, "square", 1);
+	int64_t c3 = add_batch(s, "square", 1);
+	CHECK_INT(sqlite3_exec(store_sqlite(s), "DELETE FROM seg_args", NULL, NULL, NULL), SQLITE_OK);
 	int64_t idx[1];
 	struct buf args = {0};
 	CHECK_INT(store_claim(s, a, 1, 7, 2000, idx, &args), 1);
 	CHECK_INT(store_claim(s, b, 1, 7, 2000, idx, &args), 1);
+	CHECK_STR(args.data, "[0]\n[0]\n");
 	CHECK_INT(store_finish(s, a, 0, "49", 2, 2000, 2001), 0);
 	CHECK_INT(store_finish(s, b, 0, "64", 2, 2000, 2002), 0);
 	CHECK_INT(store_commit(s), 0);
@@ -1164,6 +1168,8 @@ TEST(store_written_outcome_groups_answer_reads_until_forgotten)
 	CHECK_STR(c.text[2], "49");
 	store_forget(s, a);
 	CHECK_INT(store_future_get(s, a, 0, on_future, &c), -1); /* its outcome is missing now */
+	store_forget(s, c3);
+	CHECK_INT(store_claim(s, c3, 1, 7, 2000, idx, &args), -1); /* and its arguments */
 	buf_free(&args);
 	store_close(s);
 }
