@@ -23,9 +23,6 @@ enum stmt_id {
 	S_BEGIN_READ,
 	S_COMMIT,
 	S_ROLLBACK,
-	S_SP_BEGIN,
-	S_SP_RELEASE,
-	S_SP_UNDO,
 	S_NEXT_ID,
 	S_INS_BATCH,
 	S_GET_BATCH,
@@ -158,6 +155,7 @@ struct store {
 		int off;
 	} resume;
 	int64_t submitting; /* the batch between store_batch_begin and _end */
+	char *submit_key;   /* its Idempotency-Key, once stored (store_idem_put) */
 	int64_t next_id;    /* the id the next batch gets; 0: read it (next_id) */
 	struct buf scratch; /* an items blob being written */
 	/* The latest small arguments row and outcome group written of a

@@ -111,6 +111,63 @@ TEST(store_undone_batch_leaves_nothing)
 	store_close(s);
 }
 
+static int64_t count_rows(struct store *s, const char *q, int64_t id)
+{
+	sqlite3_stmt *st;
+	CHECK_INT(sqlite3_prepare_v2(store_sqlite(s), q, -1, &st, NULL), SQLITE_OK);
+	sqlite3_bind_int64(st, 1, id);
+	CHECK_INT(sqlite3_step(st), SQLITE_ROW);
+	int64_t n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return n;
+}
+
+/* A submission taken back in the middle of a transaction: what it wrote
+ * (its row, its arguments, the segments the full cache already wrote out,
+ * its idempotency key) goes, and the submission before it stays. */
+TEST(store_undone_batch_takes_back_only_its_own_rows)
+{
+	struct store *s = open_db();
+	struct batch a = {.size = 3, .chunksize = 1, .created_ms = 1};
+	strcpy(a.task, "square");
+	CHECK_INT(store_batch_begin(s, &a), 0);
+	for (int i = 0; i < 3; i++) {
+		char args[16];
+		int n = snprintf(args, sizeof args, "[%d]", i);
+		CHECK_INT(store_batch_item(s, a.id, i, args, (size_t)n), 0);
+	}
+	CHECK_INT(store_batch_end(s, 1), 0);
+	const int64_t big = 300 * 256; /* more segments than the cache holds */
+	struct batch b = {.size = big, .chunksize = 1, .created_ms = 1};
+	strcpy(b.task, "square");
+	CHECK_INT(store_batch_begin(s, &b), 0);
+	static const unsigned char hash[32];
+	CHECK_INT(store_idem_put(s, "key-b", hash, b.id, 1), 0);
+	for (int64_t i = 0; i < big; i++)
+		CHECK_INT(store_batch_item(s, b.id, i, "[7]", 3), 0);
+	CHECK(count_rows(s, "SELECT count(*) FROM segments WHERE batch_id = ?1", b.id) > 0);
+	CHECK_INT(store_batch_end(s, 0), 0);
+	CHECK_INT(store_commit(s), 0);
+	CHECK_INT(count_rows(s, "SELECT count(*) FROM batches WHERE id = ?1", b.id), 0);
+	CHECK_INT(count_rows(s, "SELECT count(*) FROM segments WHERE batch_id = ?1", b.id), 0);
+	CHECK_INT(count_rows(s, "SELECT count(*) FROM seg_args WHERE batch_id = ?1", b.id), 0);
+	CHECK_INT(count_rows(s, "SELECT count(*) FROM idempotency WHERE batch_id = ?1", b.id), 0);
+	int64_t found = 0;
+	CHECK_INT(store_idem_get(s, "key-b", hash, &found), 0);
+	/* a is whole, read from the file */
+	store_forget(s, a.id);
+	struct batch out;
+	CHECK_INT(store_batch_get(s, a.id, &out), 1);
+	CHECK_INT(out.counts[FS_PENDING], 3);
+	int64_t idx[4];
+	struct buf args = {0};
+	CHECK_INT(store_claim(s, a.id, 4, 7, 2000, idx, &args), 3);
+	CHECK_STR(args.data, "[0]\n[1]\n[2]\n");
+	CHECK_INT(add_batch(s, "square", 1), b.id); /* b's id was never given */
+	buf_free(&args);
+	store_close(s);
+}
+
 TEST(store_claim_takes_lowest_pending_and_counts_them)
 {
 	struct store *s = open_db();
