@@ -97,6 +97,7 @@ static struct {
 	int nworkers; /* not counting RETIRING ones */
 	struct qbatch *qhead, *qtail;
 	int nqueued;
+	int64_t qmax; /* no queued batch has a larger id */
 	int stopping;
 	int draining; /* pool_drain: no new chunks, no new workers */
 	/* The writes since the last commit (see "the pool's writes" below). */
@@ -118,6 +119,8 @@ static void worker_io(struct loop_watch *lw, uint32_t events);
 
 static void queue_append(struct qbatch *q)
 {
+	if (q->id > P.qmax)
+		P.qmax = q->id;
 	q->next = NULL;
 	*(P.qtail ? &P.qtail->next : &P.qhead) = q;
 	P.qtail = q;
@@ -126,6 +129,8 @@ static void queue_append(struct qbatch *q)
 
 static void queue_prepend(struct qbatch *q)
 {
+	if (q->id > P.qmax)
+		P.qmax = q->id;
 	q->next = P.qhead;
 	P.qhead = q;
 	if (!P.qtail)
@@ -135,7 +140,9 @@ static void queue_prepend(struct qbatch *q)
 
 static void queue_push(const struct qbatch *src)
 {
-	for (struct qbatch *q = P.qhead; q; q = q->next)
+	/* A new submission's id is past every queued one: no need to look
+	 * through a queue of thousands of small batches for it. */
+	for (struct qbatch *q = src->id > P.qmax ? NULL : P.qhead; q; q = q->next)
 		if (q->id == src->id)
 			return;
 	struct qbatch *q = malloc(sizeof *q);
