@@ -62,6 +62,10 @@ const char *const store_sql[S_NSTMTS] = {
 		 " n_cancelled = n_cancelled + ?6,"
 		 " finished_at = CASE WHEN finished_at IS NULL AND n_pending + ?2 + n_running + ?3 = 0"
 		 " THEN ?7 ELSE finished_at END WHERE id = ?1",
+    /* The same change when the batch's row is cached: its new values, which
+     * SQLite writes without evaluating the expressions above. */
+    [S_COUNTS_SET] = "UPDATE batches SET n_pending = ?2, n_running = ?3, n_finished = ?4,"
+		     " n_failed = ?5, n_cancelled = ?6, finished_at = ?7 WHERE id = ?1",
     [S_SET_SEQ] = "UPDATE meta SET value = ?1 WHERE key = 'done_seq'",
     [S_INS_SEG] = "INSERT INTO segments (id, items) VALUES (" SEG_ID_SQL ", ?3)",
     [S_INS_ARGS] = "INSERT INTO seg_args (batch_id, seg, args) VALUES (?1, ?2, ?3)",
@@ -340,16 +344,23 @@ void move_count(struct store *s, int64_t batch, enum fstate from, enum fstate to
 static int flush_counts(struct store *s)
 {
 	for (size_t i = 0; i < s->ndeltas; i++) {
-		sqlite3_stmt *st = s->st[S_COUNTS];
-		sqlite3_bind_int64(st, 1, s->deltas[i].batch);
-		for (int k = 0; k < FS_NSTATES; k++)
-			sqlite3_bind_int64(st, 2 + k, s->deltas[i].d[k]);
-		sqlite3_bind_int64(st, 7, s->now_ms);
-		if (db_run(s, S_COUNTS) < 0)
-			return -1;
 		struct batch *e = bcache_slot(s, s->deltas[i].batch);
-		if (e->id == s->deltas[i].batch)
+		enum stmt_id id = e->id == s->deltas[i].batch ? S_COUNTS_SET : S_COUNTS;
+		sqlite3_stmt *st = s->st[id];
+		sqlite3_bind_int64(st, 1, s->deltas[i].batch);
+		if (id == S_COUNTS_SET) {
 			bcache_apply(e, s->deltas[i].d, s->now_ms);
+			for (int k = 0; k < FS_NSTATES; k++)
+				sqlite3_bind_int64(st, 2 + k, e->counts[k]);
+			if (e->finished_ms >= 0)
+				sqlite3_bind_int64(st, 7, e->finished_ms);
+		} else {
+			for (int k = 0; k < FS_NSTATES; k++)
+				sqlite3_bind_int64(st, 2 + k, s->deltas[i].d[k]);
+			sqlite3_bind_int64(st, 7, s->now_ms);
+		}
+		if (db_run(s, id) < 0)
+			return -1;
 	}
 	s->ndeltas = 0;
 	if (s->done_seq > s->seq_bound) {
