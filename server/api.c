@@ -648,18 +648,12 @@ static void post_batch(struct http_req *r)
 	int ok = store_batch_begin(C.store, &s->b) == 0;
 	if (ok && key)
 		ok = store_idem_put(C.store, key, hash, s->b.id, s->b.created_ms) == 0;
-	struct buf args = {0};
-	size_t i;
-	json_t *item;
-	json_array_foreach(q.items, i, item)
-	{
-		if (!ok)
-			break;
-		buf_reset(&args);
-		jsonw_value(&args, item);
-		ok = store_batch_item(C.store, s->b.id, (int64_t)i, args.data, args.len) == 0;
+	const char *line = q.args.data, *end = line + q.args.len;
+	for (int64_t i = 0; ok && line < end; i++) {
+		const char *nl = memchr(line, '\n', (size_t)(end - line));
+		ok = store_batch_item(C.store, s->b.id, i, line, (size_t)(nl - line)) == 0;
+		line = nl + 1;
 	}
-	buf_free(&args);
 	request_free(&q);
 	if (!ok) {
 		store_batch_end(C.store, 0);

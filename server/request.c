@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "intargs.h"
+#include "jsonw.h"
+
 #define MAX_CHUNKSIZE 1000000000LL
 
 __attribute__((format(printf, 4, 5))) static int refuse(struct request_error *e, unsigned status,
@@ -99,10 +102,114 @@ void request_json_refusal(const json_error_t *jerr, const char *where, char *cod
 		 jerr->text, pos);
 }
 
+/* ---- the fast path: {"task": "NAME", "items": [[integers], ...]} ----
+ *
+ * The body most calls send, read without jansson, whose reader goes through
+ * a callback and a buffer append for every character: 7,700 instructions
+ * for a 35-byte body, 8% of a single-item call (W3, callgrind). It takes
+ * only an object of "task" (a string without escapes) then "items" (1 to
+ * max_items arrays that intargs_parse reads and the task accepts), with
+ * blanks between tokens. Anything else, other fields included, goes to
+ * jansson, which makes every decision and every message: this path only
+ * ever says yes to what that one accepts, with the same result (the fuzzer
+ * compares the two on every input it makes). */
+
+static const char *skip_blanks(const char *p, const char *e)
+{
+	while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	return p;
+}
+
+/* The string at p, which has no escape or control character: its end (past
+ * the closing quote) with [*s, *s + *n) its text, or NULL. */
+static const char *plain_string(const char *p, const char *e, const char **s, size_t *n)
+{
+	if (p == e || *p != '"')
+		return NULL;
+	const char *q = ++p;
+	while (q < e && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20 && (unsigned char)*q < 0x7f)
+		q++;
+	if (q == e || *q != '"')
+		return NULL;
+	*s = p;
+	*n = (size_t)(q - p);
+	return q + 1;
+}
+
+/* A key, the colon after it: the value's start, or NULL. */
+static const char *key_is(const char *p, const char *e, const char *key)
+{
+	const char *k;
+	size_t n;
+	p = plain_string(skip_blanks(p, e), e, &k, &n);
+	if (!p || n != strlen(key) || memcmp(k, key, n))
+		return NULL;
+	p = skip_blanks(p, e);
+	return p < e && *p == ':' ? skip_blanks(p + 1, e) : NULL;
+}
+
+/* 1 with *out filled, or 0: for jansson to decide. */
+static int parse_plain(const char *body, size_t len, const struct request_limits *lim,
+		       struct batch_request *out)
+{
+	const char *p = body, *e = body + len, *name;
+	size_t nlen;
+	p = skip_blanks(p, e);
+	if (p == e || *p++ != '{' || !(p = key_is(p, e, "task")) ||
+	    !(p = plain_string(p, e, &name, &nlen)) || nlen >= sizeof out->b.task)
+		return 0;
+	char task[sizeof out->b.task];
+	memcpy(task, name, nlen);
+	task[nlen] = '\0';
+	p = skip_blanks(p, e);
+	if (!(out->task = catalog_find(task)) || p == e || *p++ != ',' ||
+	    !(p = key_is(p, e, "items")) || p == e || *p++ != '[')
+		return 0;
+	int64_t n = 0;
+	for (;;) {
+		p = skip_blanks(p, e);
+		const char *end = memchr(p, ']', (size_t)(e - p));
+		int64_t v[INTARGS_MAX];
+		int nv = end && p < e && *p == '[' ? intargs_parse(p, (size_t)(end + 1 - p), v) : -1;
+		if (nv < 0 || !catalog_ints_ok(out->task, v, nv) ||
+		    (lim->max_items > 0 && n == lim->max_items))
+			return 0;
+		buf_addc(&out->args, '[');
+		for (int i = 0; i < nv; i++) {
+			if (i)
+				buf_addc(&out->args, ',');
+			buf_json_i64(&out->args, v[i]);
+		}
+		buf_adds(&out->args, "]\n");
+		n++;
+		p = skip_blanks(end + 1, e);
+		if (p < e && *p == ',') {
+			p++;
+			continue;
+		}
+		if (p < e && *p == ']')
+			break;
+		return 0;
+	}
+	p = skip_blanks(p + 1, e);
+	if (p == e || *p != '}' || skip_blanks(p + 1, e) != e)
+		return 0;
+	snprintf(out->b.task, sizeof out->b.task, "%s", out->task->name);
+	out->b.size = n;
+	struct request_error unused;
+	return check_options(NULL, lim, &out->b, &unused) == 0; /* the defaults */
+}
+
 int request_parse_batch(const char *body, size_t len, const struct request_limits *lim,
 			struct batch_request *out, struct request_error *e)
 {
 	memset(out, 0, sizeof *out);
+	if (!lim->jansson_only) {
+		if (parse_plain(body, len, lim, out))
+			return 0;
+		request_free(out);
+	}
 	json_error_t jerr;
 	json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!root) {
@@ -160,17 +267,44 @@ int request_parse_batch(const char *body, size_t len, const struct request_limit
 	b->size = (int64_t)json_array_size(items);
 	if (check_options(root, lim, b, e) < 0)
 		goto fail;
-	out->root = root;
-	out->items = items;
+	json_array_foreach(items, i, v)
+	{
+		jsonw_value(&out->args, v);
+		buf_addc(&out->args, '\n');
+	}
+	json_decref(root);
 	return 0;
 fail:
 	json_decref(root);
-	memset(out, 0, sizeof *out);
+	request_free(out);
 	return -1;
 }
 
 void request_free(struct batch_request *q)
 {
-	json_decref(q->root);
+	buf_free(&q->args);
 	memset(q, 0, sizeof *q);
+}
+
+int request_paths_agree(const char *body, size_t len, const struct request_limits *lim)
+{
+	struct request_limits slow = *lim;
+	slow.jansson_only = 1;
+	struct batch_request a, b;
+	struct request_error ea = {0}, eb = {0};
+	int ra = request_parse_batch(body, len, lim, &a, &ea);
+	int rb = request_parse_batch(body, len, &slow, &b, &eb);
+	int same = ra == rb;
+	if (same && ra == 0)
+		same = a.task == b.task && !strcmp(a.b.task, b.b.task) && a.b.size == b.b.size &&
+		       a.b.chunksize == b.b.chunksize && a.b.timeout == b.b.timeout &&
+		       a.b.retries == b.b.retries && a.args.len == b.args.len &&
+		       !memcmp(a.args.data, b.args.data, a.args.len);
+	else if (same)
+		same = ea.status == eb.status && !strcmp(ea.code, eb.code) && !strcmp(ea.message, eb.message);
+	if (ra == 0)
+		request_free(&a);
+	if (rb == 0)
+		request_free(&b);
+	return same;
 }

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "buf.h"
 #include "catalog.h"
 #include "store.h"
 
@@ -26,6 +27,7 @@ struct request_limits {
 	long chunksize;		/* when a batch gives none; 0: automatic */
 	double default_timeout; /* when a batch gives none; 0: none */
 	int64_t max_items;	/* more is 413; 0: no limit */
+	int jansson_only;	/* the fuzzer's comparison: no fast path */
 };
 
 /* Why a body was refused: an HTTP status (400 or 413), an error code such as
@@ -37,10 +39,11 @@ struct request_error {
 };
 
 struct batch_request {
-	struct batch b;	 /* all but id, times and counts */
+	struct batch b; /* all but id, times and counts */
 	const struct task_info *task;
-	json_t *root;	 /* the parsed body (owned) */
-	json_t *items;	 /* in root */
+	/* The items' argument arrays in the form the store keeps (jsonw_value's,
+	 * as NDJSON lines are kept), one a line, each ending in '\n'. */
+	struct buf args;
 };
 
 /* How a JSON text that jansson would not parse is refused: a number past
@@ -57,5 +60,9 @@ void request_json_refusal(const json_error_t *jerr, const char *where, char *cod
 int request_parse_batch(const char *body, size_t len, const struct request_limits *lim,
 			struct batch_request *out, struct request_error *err);
 void request_free(struct batch_request *q);
+/* For the fuzzer and the tests: whether body gets the same answer with and
+ * without the fast path (the same batch and argument texts, or the same
+ * refusal). 1 or 0. */
+int request_paths_agree(const char *body, size_t len, const struct request_limits *lim);
 
 #endif

@@ -568,6 +568,70 @@ static int regressions_dir(char *out, size_t len)
 	}
 }
 
+/* The common body, {"task": ..., "items": [[integers], ...]}, is read
+ * without jansson; everything else by jansson. The two agree on every body
+ * here (the fuzzer checks the same on every input it makes): what the fast
+ * path takes, and the bodies at its edges that it must leave to jansson. */
+TEST(hostile_bodies_read_with_or_without_jansson_get_the_same_answer)
+{
+	char wpath[PATH_MAX + 32];
+	snprintf(wpath, sizeof wpath, "%s/forkpool-worker", harness_bin_dir());
+	CHECK_INT(catalog_load(wpath), 0);
+	static const char *const bodies[] = {
+	    "{\"task\":\"square\",\"items\":[[1],[2],[3]]}",
+	    " {\r\n \"task\" : \"square\" ,\t\"items\" : [ [ 1 ] ,\n[\t-2 ] ] }\n",
+	    "{\"task\":\"echo\",\"items\":[[1,2,3],[],[4]]}",
+	    "{\"task\":\"square\",\"items\":[[1]],\"chunksize\":2}",
+	    "{\"items\":[[1]],\"task\":\"square\"}",
+	    "{\"task\":\"sq\\u0075are\",\"items\":[[1]]}",
+	    "{\"task\":\"square\",\"task\":\"echo\",\"items\":[[1]]}",
+	    "{\"task\":\"square\",\"items\":[[1]],\"items\":[[2]]}",
+	    "{\"task\":\"square\",\"items\":[[1, 2]]}",
+	    "{\"task\":\"square\",\"items\":[[\"a\"]]}",
+	    "{\"task\":\"square\",\"items\":[]}",
+	    "{\"task\":\"square\",\"items\":[1]}",
+	    "{\"task\":\"square\",\"items\":[[[1]]]}",
+	    "{\"task\":\"nosuch\",\"items\":[[1]]}",
+	    "{\"task\":\"square\",\"items\":[[01]]}",
+	    "{\"task\":\"square\",\"items\":[[-0]]}",
+	    "{\"task\":\"square\",\"items\":[[1.0]]}",
+	    "{\"task\":\"square\",\"items\":[[1e2]]}",
+	    "{\"task\":\"square\",\"items\":[[999999999999999999]]}",
+	    "{\"task\":\"square\",\"items\":[[9223372036854775807]]}",
+	    "{\"task\":\"square\",\"items\":[[99999999999999999999]]}",
+	    "{\"task\":\"square\",\"items\":[[1\n]]}",
+	    "{\"task\":\"square\",\"items\":[[1]]",
+	    "{\"task\":\"square\",\"items\":[[1]],}",
+	    "{\"task\":\"square\",\"items\":[[1],]}",
+	    "{\"task\":\"square\",\"items\":[[1]]} x",
+	    "{\"task\":\"square\",\"items\":[[1]]}{}",
+	    "{\"task\":\"squ\xc3\xa9re\",\"items\":[[1]]}",
+	    "{\"task\":\"\",\"items\":[[1]]}",
+	    "{\"task\":\"count_primes\",\"items\":[[0,10],[5,1]]}",
+	    "{\"task\":\"count_primes\",\"items\":[[-1,10]]}",
+	    "[{\"task\":\"square\",\"items\":[[1]]}]",
+	    "",
+	};
+	struct request_limits lim = {.workers = 2, .max_items = 1000};
+	for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++)
+		if (!request_paths_agree(bodies[i], strlen(bodies[i]), &lim))
+			FAILF("body %zu gets two answers: %s", i, bodies[i]);
+	/* The item limit, at it and past it. */
+	struct request_limits two = {.workers = 2, .max_items = 2};
+	static const char at[] = "{\"task\":\"square\",\"items\":[[1],[2]]}";
+	static const char past[] = "{\"task\":\"square\",\"items\":[[1],[2],[3]]}";
+	CHECK(request_paths_agree(at, strlen(at), &two));
+	CHECK(request_paths_agree(past, strlen(past), &two));
+	/* And the answer itself, for the form that the fast path takes. */
+	struct batch_request q;
+	struct request_error err;
+	CHECK_INT(request_parse_batch(bodies[1], strlen(bodies[1]), &lim, &q, &err), 0);
+	CHECK_INT(q.b.size, 2);
+	CHECK_STR(q.args.data ? q.args.data : "", "[1]\n[-2]\n");
+	request_free(&q);
+	catalog_free();
+}
+
 TEST(hostile_fuzz_regression_inputs_are_refused_or_accepted_cleanly)
 {
 	char wpath[PATH_MAX + 32], dir[PATH_MAX + 64];
@@ -602,6 +666,7 @@ TEST(hostile_fuzz_regression_inputs_are_refused_or_accepted_cleanly)
 			CHECK(err.status == 400 || err.status == 413);
 			CHECK(err.code[0] && err.message[0]);
 		}
+		CHECK(request_paths_agree(b.data ? b.data : "", b.len, &lim));
 		buf_free(&b);
 		n++;
 	}
