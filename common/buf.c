@@ -243,3 +243,10 @@ char *fmt_time(char *out, int64_t ms)
 	memcpy(out, t, last_len);
 	return out + last_len;
 }
+
+void str_copy(char *dst, size_t size, const char *src)
+{
+	size_t n = strnlen(src, size - 1);
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}

@@ -62,6 +62,10 @@ void buf_json_i64(struct buf *b, int64_t v);
 #define FMT_I64_MAX 20
 #define FMT_TIME_MAX 26
 char *fmt_i64(char *p, int64_t v);
+/* Copies the string src into dst of size bytes (size > 0), cut short to
+ * fit: what snprintf(dst, size, "%s", src) does, without its formatting
+ * machinery (about 600 instructions for a task name). */
+void str_copy(char *dst, size_t size, const char *src);
 char *fmt_time(char *p, int64_t ms);
 void buf_json_i128(struct buf *b, __int128 v);
 /* The shortest decimal that reads back as the same double; non-finite values

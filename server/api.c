@@ -597,8 +597,8 @@ static void post_batch(struct http_req *r)
 		if (why == WAKE_SHUTDOWN && !s->committed && !http_commit_ok(r))
 			return db_error(r);
 		s->committed = 1;
-		char loc[64];
-		snprintf(loc, sizeof loc, "/v1/batches/%lld", (long long)s->b.id);
+		char loc[64] = "/v1/batches/";
+		*fmt_i64(loc + strlen(loc), s->b.id) = '\0';
 		http_add_header(r, "Location", loc);
 		if (why == WAKE_COMMIT && s->wait > 0) {
 			/* POST ?wait=S: hold the answer until the batch is done. */

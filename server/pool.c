@@ -174,7 +174,7 @@ void pool_add_batch(const struct batch *b)
 {
 	struct qbatch q = {.id = b->id, .chunksize = b->chunksize, .timeout = b->timeout,
 			   .retries = b->retries};
-	snprintf(q.task, sizeof q.task, "%s", b->task);
+	str_copy(q.task, sizeof q.task, b->task);
 	q.created_ms = b->created_ms;
 	queue_push(&q);
 }
@@ -815,7 +815,9 @@ static int send_chunk(struct worker *w, struct qbatch *q)
 	}
 	buf_reset(&P.chunk);
 	size_t off = frame_begin(&P.chunk);
-	buf_printf(&P.chunk, "C %s ", q->task);
+	buf_adds(&P.chunk, "C ");
+	buf_adds(&P.chunk, q->task);
+	buf_addc(&P.chunk, ' ');
 	size_t count_at = P.chunk.len;
 	buf_adds(&P.chunk, "0000000000\n"); /* the count, filled in below */
 	int64_t now = now_unix_ms();

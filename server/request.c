@@ -195,7 +195,7 @@ static int parse_plain(const char *body, size_t len, const struct request_limits
 	p = skip_blanks(p + 1, e);
 	if (p == e || *p != '}' || skip_blanks(p + 1, e) != e)
 		return 0;
-	snprintf(out->b.task, sizeof out->b.task, "%s", out->task->name);
+	str_copy(out->b.task, sizeof out->b.task, out->task->name);
 	out->b.size = n;
 	struct request_error unused;
 	return check_options(NULL, lim, &out->b, &unused) == 0; /* the defaults */
@@ -263,7 +263,7 @@ int request_parse_batch(const char *body, size_t len, const struct request_limit
 		}
 	}
 	struct batch *b = &out->b;
-	snprintf(b->task, sizeof b->task, "%s", out->task->name);
+	str_copy(b->task, sizeof b->task, out->task->name);
 	b->size = (int64_t)json_array_size(items);
 	if (check_options(root, lim, b, e) < 0)
 		goto fail;

@@ -83,3 +83,18 @@ TEST(buf_json_i64_writes_every_edge_exactly)
 	}
 	buf_free(&b);
 }
+
+TEST(buf_str_copy_cuts_short_like_snprintf)
+{
+	char d[5];
+	str_copy(d, sizeof d, "abc");
+	CHECK_STR(d, "abc");
+	str_copy(d, sizeof d, "abcd");
+	CHECK_STR(d, "abcd");
+	str_copy(d, sizeof d, "abcdefgh");
+	CHECK_STR(d, "abcd");
+	str_copy(d, sizeof d, "");
+	CHECK_STR(d, "");
+	str_copy(d, 1, "x");
+	CHECK_STR(d, "");
+}
