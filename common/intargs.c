@@ -1,6 +1,8 @@
 /* intargs.c - argument lists of plain integers (see intargs.h). */
 #include "intargs.h"
 
+#include "buf.h"
+
 static const char *skip_ws(const char *p, const char *e)
 {
 	while (p < e && (*p == ' ' || *p == '\t'))
@@ -55,4 +57,15 @@ int intargs_parse(const char *p, size_t n, int64_t *v)
 		}
 	}
 	return skip_ws(p, e) == e ? k : -1;
+}
+
+void intargs_write(struct buf *b, const int64_t *v, int n)
+{
+	buf_addc(b, '[');
+	for (int i = 0; i < n; i++) {
+		if (i)
+			buf_addc(b, ',');
+		buf_json_i64(b, v[i]);
+	}
+	buf_addc(b, ']');
 }

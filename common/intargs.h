@@ -18,4 +18,8 @@
 /* Reads p[0..n) into v. Its count (0 for []), or -1. */
 int intargs_parse(const char *p, size_t n, int64_t *v);
 
+struct buf;
+/* Appends the n integers v as the array jsonw_value writes: [1,-2]. */
+void intargs_write(struct buf *b, const int64_t *v, int n);
+
 #endif

@@ -100,24 +100,36 @@ static unsigned seg_bucket(int64_t batch, int64_t seg)
 	return (unsigned)(((uint64_t)batch * 2654435761u + (uint64_t)seg * 40503u) % SEG_HASH);
 }
 
+/* The use order, a doubly linked list from seg_oldest to seg_newest. */
+static void use_unlink(struct store *s, struct segment *g)
+{
+	*(g->older ? &g->older->newer : &s->seg_oldest) = g->newer;
+	*(g->newer ? &g->newer->older : &s->seg_newest) = g->older;
+	g->older = g->newer = NULL;
+}
+
+static void use_push(struct store *s, struct segment *g, int newest)
+{
+	struct segment **end = newest ? &s->seg_newest : &s->seg_oldest;
+	if (newest)
+		g->older = *end;
+	else
+		g->newer = *end;
+	if (*end)
+		*(newest ? &(*end)->newer : &(*end)->older) = g;
+	else
+		s->seg_oldest = s->seg_newest = g;
+	*end = g;
+}
+
 /* Moves g to the newest end of the use order. */
 static void seg_touch(struct store *s, struct segment *g)
 {
 	if (s->seg_newest == g)
 		return;
-	if (g->older)
-		g->older->newer = g->newer;
-	else if (s->seg_oldest == g)
-		s->seg_oldest = g->newer;
-	if (g->newer)
-		g->newer->older = g->older;
-	g->older = s->seg_newest;
-	g->newer = NULL;
-	if (s->seg_newest)
-		s->seg_newest->newer = g;
-	s->seg_newest = g;
-	if (!s->seg_oldest)
-		s->seg_oldest = g;
+	if (g->older || g->newer || s->seg_oldest == g)
+		use_unlink(s, g);
+	use_push(s, g, 1);
 }
 
 static void seg_bind(struct store *s, struct segment *g, int64_t batch, int64_t seg)
@@ -148,20 +160,8 @@ static void seg_unbind(struct store *s, struct segment *g)
 		s->last_seg = NULL;
 	if (s->seg_oldest == g)
 		return;
-	/* to the oldest end */
-	if (g->newer)
-		g->newer->older = g->older;
-	else
-		s->seg_newest = g->older;
-	if (g->older)
-		g->older->newer = g->newer;
-	g->newer = s->seg_oldest;
-	g->older = NULL;
-	if (s->seg_oldest)
-		s->seg_oldest->older = g;
-	s->seg_oldest = g;
-	if (!s->seg_newest)
-		s->seg_newest = g;
+	use_unlink(s, g);
+	use_push(s, g, 0);
 }
 
 void seg_drop_all(struct store *s)

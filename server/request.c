@@ -175,13 +175,8 @@ static int parse_plain(const char *body, size_t len, const struct request_limits
 		if (nv < 0 || !catalog_ints_ok(out->task, v, nv) ||
 		    (lim->max_items > 0 && n == lim->max_items))
 			return 0;
-		buf_addc(&out->args, '[');
-		for (int i = 0; i < nv; i++) {
-			if (i)
-				buf_addc(&out->args, ',');
-			buf_json_i64(&out->args, v[i]);
-		}
-		buf_adds(&out->args, "]\n");
+		intargs_write(&out->args, v, nv);
+		buf_addc(&out->args, '\n');
 		n++;
 		p = skip_blanks(end + 1, e);
 		if (p < e && *p == ',') {

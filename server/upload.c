@@ -90,13 +90,7 @@ static void take_line(struct http_req *r, struct upload *u, const char *p, size_
 		if (!memchr(p, ' ', n) && !memchr(p, '\t', n))
 			return store_line(r, u, p, n);
 		buf_reset(&u->args);
-		buf_addc(&u->args, '[');
-		for (int i = 0; i < nv; i++) {
-			if (i)
-				buf_addc(&u->args, ',');
-			buf_json_i64(&u->args, v[i]);
-		}
-		buf_addc(&u->args, ']');
+		intargs_write(&u->args, v, nv);
 		return store_line(r, u, u->args.data, u->args.len);
 	}
 	json_error_t jerr;
