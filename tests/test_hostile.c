@@ -406,8 +406,9 @@ TEST(hostile_oversized_headers_and_request_lines_are_refused_and_the_server_goes
 	server_start(&s, "--workers", "1", NULL);
 	/* These never reach the API: libmicrohttpd answers them itself, with
 	 * its own small HTML page, once a request's head passes its memory
-	 * limit (32 KiB). One header of 100 KB; ten thousand small ones; a
-	 * 100 KB URL; garbage; a Content-Length past 64 bits. */
+	 * limit (16 KiB, CONN_MEMORY in server/http.c). One header of 100 KB;
+	 * ten thousand small ones; a 100 KB URL; garbage; a Content-Length
+	 * past 64 bits. */
 	char *big = repeat("GET /v1/tasks HTTP/1.1\r\nX-Big: ", "a", 100000, "");
 	struct answer a = hrequest(&s, big, NULL, 0);
 	expect(&a, 431, NULL, NULL, "a 100 KB header");
