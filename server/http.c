@@ -109,6 +109,7 @@ static void wake(struct http_req *r, enum http_wake why)
 	unlink_parked(r);
 	if (r->conn)
 		r->conn->parked = NULL;
+	r->conn = NULL;
 	r->parked = 0;
 	r->wake = why;
 	H.nparked--;
