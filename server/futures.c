@@ -61,12 +61,16 @@ const struct kept *kept_get(const struct kept *k, int64_t batch, int64_t key)
 
 void kept_drop(struct store *s, int64_t batch, int all)
 {
-	for (int i = 0; i < KEPT; i++) {
-		if (all || s->kept_args[i].batch == batch)
-			s->kept_args[i].batch = 0;
-		if (all || s->kept_groups[i].batch == batch)
-			s->kept_groups[i].batch = 0;
+	if (all) {
+		for (int i = 0; i < KEPT; i++)
+			s->kept_args[i].batch = s->kept_groups[i].batch = 0;
+		return;
 	}
+	struct kept *a = &s->kept_args[(uint64_t)batch % KEPT], *g = &s->kept_groups[(uint64_t)batch % KEPT];
+	if (a->batch == batch)
+		a->batch = 0;
+	if (g->batch == batch)
+		g->batch = 0;
 }
 
 static int group_write(struct store *s, struct group *gr)

@@ -59,7 +59,7 @@ struct delta {
  * per batch, written when full and at commit. A rollback drops all of it. */
 #define SEG_CACHE 256 /* segments held: more than two chunks of 10,000 in flight */
 #define SEG_HASH 512  /* chains finding them by (batch, seg) */
-#define NCURSORS 128  /* batches whose claim position is remembered */
+#define NCURSORS 128  /* claim positions remembered, direct-mapped by batch id */
 #define BCACHE 256    /* batch rows cached */
 #define KEPT 256        /* written blobs kept, per kind: one per batch slot */
 #define KEPT_BYTES 4096 /* the largest blob kept */
