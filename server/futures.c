@@ -66,7 +66,8 @@ void kept_drop(struct store *s, int64_t batch, int all)
 			s->kept_args[i].batch = s->kept_groups[i].batch = 0;
 		return;
 	}
-	struct kept *a = &s->kept_args[(uint64_t)batch % KEPT], *g = &s->kept_groups[(uint64_t)batch % KEPT];
+	unsigned slot = (unsigned)((uint64_t)batch % KEPT);
+	struct kept *a = &s->kept_args[slot], *g = &s->kept_groups[slot];
 	if (a->batch == batch)
 		a->batch = 0;
 	if (g->batch == batch)
