@@ -127,13 +127,12 @@ static void use_push(struct store *s, struct segment *g, int newest)
 	*end = g;
 }
 
-/* Moves g to the newest end of the use order. */
+/* Moves g (every entry is in the use order) to its newest end. */
 static void seg_touch(struct store *s, struct segment *g)
 {
 	if (s->seg_newest == g)
 		return;
-	if (g->older || g->newer || s->seg_oldest == g)
-		use_unlink(s, g);
+	use_unlink(s, g);
 	use_push(s, g, 1);
 }
 
@@ -205,7 +204,7 @@ static struct segment *seg_slot(struct store *s)
 			abort();
 		g->batch = -1;
 		s->segs[s->nsegs++] = g;
-		seg_touch(s, g);
+		use_push(s, g, 1);
 		return g;
 	}
 	g = s->seg_oldest;

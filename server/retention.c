@@ -3,8 +3,9 @@
  * A batch's items live in three tables (schema/003_segments.sql, keyed as
  * 004_fewer_pages.sql has it): segments and seg_args, a row per 256 items,
  * and outcomes, a row per group of done items. Deleting a batch's row first
- * raises meta's next_batch_id past its id, which is then never given again. The sweeper's steps, one per loop turn while there is work, each its
- * own short transaction taken only when the store has none open:
+ * raises meta's next_batch_id past its id, which is then never given again.
+ * The sweeper's steps, one per loop turn while there is work, each its own
+ * short transaction taken only when the store has none open:
  *  1. delete up to STEP_ROWS rows of a batch whose row is gone, from the three
  *     tables together, and no more rows once STEP_BYTES bytes of them are
  *     taken (an outcome group, or a segment's arguments, may weigh a MiB or

@@ -741,10 +741,8 @@ int store_batch_begin(struct store *s, struct batch *b)
 	if (db_begin(s) < 0)
 		return -1;
 	int64_t id = next_id(s);
-	if (id < 0) {
-		store_batch_end(s, 0);
+	if (id < 0)
 		return -1;
-	}
 	sqlite3_stmt *st = s->st[S_INS_BATCH];
 	sqlite3_bind_text(st, 1, b->task, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, b->size);
@@ -754,10 +752,8 @@ int store_batch_begin(struct store *s, struct batch *b)
 	sqlite3_bind_int64(st, 5, b->created_ms);
 	sqlite3_bind_int64(st, 6, b->retries);
 	sqlite3_bind_int64(st, 7, id);
-	if (db_run(s, S_INS_BATCH) < 0) {
-		store_batch_end(s, 0);
-		return -1;
-	}
+	if (db_run(s, S_INS_BATCH) < 0)
+		return -1; /* a failed statement leaves nothing behind */
 	b->id = s->submitting = id;
 	s->next_id = id + 1;
 	if (b->size >= 0) {
@@ -780,7 +776,7 @@ int store_batch_item(struct store *s, int64_t batch, int64_t idx, const char *ar
 }
 
 static sqlite3_stmt *prepare(struct store *s, const char *q);
-static int64_t run_once(struct store *s, const char *q, int64_t a, int64_t b, int64_t c);
+static int delete_rows(struct store *s, int64_t batch, int upload);
 
 /* Takes a submission that could not be stored whole back out of the
  * transaction by deleting what it wrote. A savepoint around every submission
@@ -790,8 +786,7 @@ static int64_t run_once(struct store *s, const char *q, int64_t a, int64_t b, in
  * whole transaction goes, as with a failed commit. */
 static int submission_undo(struct store *s, int64_t batch, const char *key)
 {
-	bcache_drop(s);
-	store_forget(s, batch); /* its fresh segments and kept rows */
+	store_forget(s, batch); /* its cached row, fresh segments and kept rows */
 	s->next_id = 0;		/* its id was never given: the next batch has it */
 	if (s->lost)
 		return 0; /* all of the transaction goes anyway */
@@ -802,10 +797,7 @@ static int submission_undo(struct store *s, int64_t batch, const char *key)
 		rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(s, "idem_undo");
 		sqlite3_finalize(st);
 	}
-	if ((key && !st) || rc < 0 ||
-	    run_once(s, "DELETE FROM segments WHERE " SEG_RANGE_SQL, batch, 0, 0) < 0 ||
-	    run_once(s, "DELETE FROM seg_args WHERE batch_id = ?1", batch, 0, 0) < 0 ||
-	    run_once(s, "DELETE FROM batches WHERE id = ?1", batch, 0, 0) < 0) {
+	if ((key && !st) || rc < 0 || delete_rows(s, batch, 0) < 0) {
 		log_error("db_txn_lost", "batch=%lld msg=\"a submission could not be taken back: the "
 			  "transaction is rolled back at its commit\"", (long long)batch);
 		s->lost = 1;
@@ -830,7 +822,7 @@ int store_batch_end(struct store *s, int ok)
 	char *key = s->submit_key;
 	s->submitting = 0;
 	s->submit_key = NULL;
-	int rc = ok ? 0 : submission_undo(s, batch, key);
+	int rc = ok || !batch ? 0 : submission_undo(s, batch, key); /* 0: none was begun */
 	free(key);
 	return rc < 0 || failed ? -1 : 0;
 }
@@ -1019,14 +1011,23 @@ int store_upload_seal(struct store *s, int64_t batch, int64_t size, int64_t chun
 	return n == 1 ? 0 : -1;
 }
 
-int store_upload_abort(struct store *s, int64_t batch)
+/* Deletes batch's segments, arguments and row (only while it is an upload
+ * still arriving, if upload), after forgetting what is cached of it. 0 / -1. */
+static int delete_rows(struct store *s, int64_t batch, int upload)
 {
-	builder_drop(s, batch);
 	store_forget(s, batch);
 	if (run_once(s, "DELETE FROM segments WHERE " SEG_RANGE_SQL, batch, 0, 0) < 0 ||
 	    run_once(s, "DELETE FROM seg_args WHERE batch_id = ?1", batch, 0, 0) < 0)
 		return -1;
-	return run_once(s, "DELETE FROM batches WHERE id = ?1 AND size < 0", batch, 0, 0) < 0 ? -1 : 0;
+	const char *q = upload ? "DELETE FROM batches WHERE id = ?1 AND size < 0"
+			       : "DELETE FROM batches WHERE id = ?1";
+	return run_once(s, q, batch, 0, 0) < 0 ? -1 : 0;
+}
+
+int store_upload_abort(struct store *s, int64_t batch)
+{
+	builder_drop(s, batch);
+	return delete_rows(s, batch, 1);
 }
 
 struct sqlite3 *store_sqlite(struct store *s) { return s ? s->db : NULL; }
