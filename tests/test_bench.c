@@ -117,7 +117,8 @@ TEST_T(bench_quick_writes_a_well_formed_table, 180)
 					     "| W2 | p50 ms |",
 					     "| W2 | p99 ms |",
 					     "| W3 | items/s |",
-					     "| W4 | speedup",
+					     "| W4 | speedup, sequential / forkpool |",
+					     "| W4 | speedup; executor column: ",
 					     "| W5 | server peak RSS MiB |",
 					     "| W5 | database bytes per item |"};
 	for (size_t i = 0; i < sizeof expect / sizeof expect[0]; i++)
