@@ -638,6 +638,20 @@ struct store *store_open(const char *path, int sync_full)
 		goto fail;
 	}
 	sqlite3_busy_timeout(s->db, 5000);
+	/* A new database gets 2 KiB pages; one that exists keeps its own
+	 * (SQLite ignores this then, and a WAL database cannot change it).
+	 * Every commit writes each page it dirtied whole into the WAL and the
+	 * checkpoint copies it again: a single call's two commits dirty about
+	 * seven pages, whatever their size, so half-size pages halve that
+	 * traffic and its checksums. Measured against 4 KiB (callgrind, the
+	 * server's instructions): W2 186,000 -> 165,000 a call, W1 -3 %; the
+	 * database 85 -> 76 bytes an item; W2's p99 lower in four alternating
+	 * runs of four, since its tail is the checkpoint's I/O. 1 KiB pages
+	 * cost W1 a fifth of its rate (its segment blobs overflow). */
+	char pragma[48];
+	snprintf(pragma, sizeof pragma, "PRAGMA page_size = %d", STORE_PAGE_SIZE);
+	if (exec(s, pragma) < 0)
+		goto fail;
 	sqlite3_stmt *st;
 	const char *mode = "";
 	if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode = WAL", -1, &st, NULL) == SQLITE_OK &&

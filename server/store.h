@@ -15,6 +15,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The page size of a database the store creates (an existing one keeps
+ * its own). */
+#define STORE_PAGE_SIZE 2048
+
 enum fstate { FS_PENDING, FS_RUNNING, FS_FINISHED, FS_FAILED, FS_CANCELLED, FS_NSTATES };
 enum ferr { FE_NONE, FE_TASK, FE_TIMEOUT, FE_WORKER_DIED };
 

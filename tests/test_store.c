@@ -74,6 +74,10 @@ TEST(store_creates_database_with_schema_version)
 	CHECK_INT(sqlite3_step(st), SQLITE_ROW);
 	CHECK_STR((const char *)sqlite3_column_text(st, 0), "wal");
 	sqlite3_finalize(st);
+	CHECK_INT(sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_step(st), SQLITE_ROW);
+	CHECK_INT(sqlite3_column_int(st, 0), STORE_PAGE_SIZE);
+	sqlite3_finalize(st);
 	sqlite3_close(db);
 }
 
@@ -401,6 +405,8 @@ static void v2_create(const char *path)
 	sqlite3 *db;
 	sqlite3_stmt *fut, *bat;
 	CHECK_INT(sqlite3_open(path, &db), SQLITE_OK);
+	/* What servers before 2 KiB pages made. */
+	CHECK_INT(sqlite3_exec(db, "PRAGMA page_size = 4096", NULL, NULL, NULL), SQLITE_OK);
 	CHECK_INT(sqlite3_exec(db, schema_migrations[0], NULL, NULL, NULL), SQLITE_OK);
 	CHECK_INT(sqlite3_exec(db, schema_migrations[1], NULL, NULL, NULL), SQLITE_OK);
 	CHECK_INT(sqlite3_exec(db, "PRAGMA user_version = 2; BEGIN", NULL, NULL, NULL), SQLITE_OK);
@@ -526,12 +532,15 @@ TEST(store_converts_v2_futures)
 	sqlite3_stmt *st;
 	CHECK_INT(sqlite3_prepare_v2(store_sqlite(s),
 				     "SELECT (SELECT count(*) FROM sqlite_master WHERE name = 'futures'),"
-				     " (SELECT user_version FROM pragma_user_version)",
+				     " (SELECT user_version FROM pragma_user_version),"
+				     " (SELECT page_size FROM pragma_page_size)",
 				     -1, &st, NULL),
 		  SQLITE_OK);
 	CHECK_INT(sqlite3_step(st), SQLITE_ROW);
 	CHECK_INT(sqlite3_column_int(st, 0), 0);
 	CHECK_INT(sqlite3_column_int(st, 1), schema_version);
+	/* A database made with other pages keeps them. */
+	CHECK_INT(sqlite3_column_int(st, 2), 4096);
 	sqlite3_finalize(st);
 
 	/* What batch 1 should read: its done items in completion order, and
