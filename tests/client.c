@@ -177,16 +177,9 @@ void server_kill9(struct server *s)
 	s->pid = 0;
 }
 
-int server_log_count(const struct server *s, ...)
+/* Lines of the server's log holding all of words[0..nw). */
+static int log_count(const struct server *s, const char *const *words, int nw)
 {
-	const char *words[16];
-	int nw = 0;
-	va_list ap;
-	va_start(ap, s);
-	const char *w;
-	while ((w = va_arg(ap, const char *)) && nw < 16)
-		words[nw++] = w;
-	va_end(ap);
 	char *text = server_log_text(s);
 	int count = 0;
 	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
@@ -197,6 +190,40 @@ int server_log_count(const struct server *s, ...)
 	}
 	free(text);
 	return count;
+}
+
+/* The NULL-terminated words of ap (at most 16) into words; their number. */
+static int collect_words(const char **words, va_list ap)
+{
+	int nw = 0;
+	const char *w;
+	while ((w = va_arg(ap, const char *)) && nw < 16)
+		words[nw++] = w;
+	return nw;
+}
+
+int server_log_count(const struct server *s, ...)
+{
+	const char *words[16];
+	va_list ap;
+	va_start(ap, s);
+	int nw = collect_words(words, ap);
+	va_end(ap);
+	return log_count(s, words, nw);
+}
+
+int server_log_wait(const struct server *s, int want, ...)
+{
+	const char *words[16];
+	va_list ap;
+	va_start(ap, want);
+	int nw = collect_words(words, ap);
+	va_end(ap);
+	int64_t deadline = harness_now_ms() + 10000;
+	int n;
+	while ((n = log_count(s, words, nw)) < want && harness_now_ms() < deadline)
+		pause_ms(5);
+	return n;
 }
 
 /* ---- HTTP ---- */

@@ -44,6 +44,10 @@ int server_stop(struct server *s);
 void server_kill9(struct server *s);
 /* Counts the lines of the server's log holding every given word. */
 __attribute__((sentinel)) int server_log_count(const struct server *s, ...);
+/* The same, once it reaches want or 10 s have passed: for a line the server
+ * writes after the answer the test saw (a worker's exit is logged when it
+ * is reaped, which may come after the next batch is done). */
+__attribute__((sentinel)) int server_log_wait(const struct server *s, int want, ...);
 /* The server's log, malloc'd (for messages). */
 char *server_log_text(const struct server *s);
 
