@@ -99,6 +99,10 @@ int rounds_sequential(const struct fpserver *s, long n, struct latencies *out);
  * batches of square with ?wait=5 (the answer carries the result) for
  * seconds. */
 int rounds_concurrent(const struct fpserver *s, int clients, double seconds, struct latencies *out);
+/* The same clients asking GET /healthz, which stores nothing and waits for
+ * nothing: what the client and the HTTP stack manage on this machine when
+ * forkpool does no work (W3's control). */
+int rounds_healthz(const struct fpserver *s, int clients, double seconds, struct latencies *out);
 
 /* W7: n long-polls (GET /v1/batches/{id}?wait=60, HTTP/1.1 on raw sockets)
  * on a batch of one `sleep item_s` item, all parked before it ends; how long

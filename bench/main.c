@@ -465,12 +465,17 @@ static void w2(const struct knobs *k)
 	}
 }
 
+/* W3's control row: the same clients on GET /healthz, for a third of W3's
+ * time (at most 3 s). */
+#define W3_CONTROL "control: GET /healthz answers/s, same clients (nothing stored)"
+#define W3_CONTROL_S(k) ((k)->w3_seconds / 3 < 3 ? (k)->w3_seconds / 3 : 3)
+
 static void w3(const struct knobs *k)
 {
 	for (int rep = 1; rep <= k->reps; rep++) {
 		struct fpserver s;
-		struct latencies l = {0};
-		int rc = start(&s, 0, 0);
+		struct latencies l = {0}, hz = {0};
+		int rc = start(&s, 0, 0), hzrc = -1;
 		long rss = -1;
 		long long vol = -1, invol = -1;
 		double cpu = -1, ccpu = -1;
@@ -481,6 +486,9 @@ static void w3(const struct knobs *k)
 			rss = fpserver_peak_rss_kib(&s);
 			cpu = fpserver_cpu_s(&s);
 			fpserver_switches(&s, &vol, &invol);
+			/* The control, on the same server: nothing stored. */
+			if (rc == 0)
+				hzrc = rounds_healthz(&s, k->w3_clients, W3_CONTROL_S(k), &hz);
 			if (fpserver_stop(&s) < 0)
 				rc = -1;
 		}
@@ -489,6 +497,10 @@ static void w3(const struct knobs *k)
 			add(&row("W3", "p50 ms (one batch's round trip)", U_MS)->fp, latencies_pct(&l, 50));
 			add(&row("W3", "p99 ms (one batch's round trip)", U_MS)->fp, latencies_pct(&l, 99));
 			add(&row("W3", "server CPU seconds", U_S)->fp, cpu);
+			if (hzrc == 0)
+				add(&row("W3", W3_CONTROL, U_RATE)->fp, (double)hz.n / hz.seconds);
+			else
+				fail(&row("W3", W3_CONTROL, U_RATE)->fp, "W3 control");
 			progress("W3 %d/%d forkpool: %d clients, %ld items in %.3f s = %.0f items/s, p50 "
 				 "%.3f ms, "
 				 "p99 %.3f ms, peak RSS %.1f MiB",
@@ -500,6 +512,7 @@ static void w3(const struct knobs *k)
 			fail(&row("W3", "items/s", U_RATE)->fp, "W3 forkpool");
 		}
 		latencies_free(&l);
+		latencies_free(&hz);
 		if (!python)
 			continue;
 		struct executor_run er;
@@ -915,7 +928,10 @@ static const char doc_head[] =
 	"- **W2** sequential single-item `POST /v1/batches?wait=5` of `echo` on one kept-alive "
 	"connection; the executor: `ex.submit(noop, i).result()`. 20 untimed calls first, on both sides.\n"
 	"- **W3** concurrent clients, each posting single-item batches with `?wait=5` (the answer "
-	"carries the result) for a fixed time; the executor: `submit` + `as_completed` of single calls.\n"
+	"carries the result) for a fixed time; the executor: `submit` + `as_completed` of single calls. "
+	"A control row has the same clients ask `GET /healthz` (nothing stored, nothing waited for) on "
+	"the same server for a third of that time: how many answers the bench's client and the HTTP "
+	"stack manage when forkpool does no work for them.\n"
 	"- **W4** `count_primes` over [0, 10^10) in 64 ranges, one per chunk; the executor column is the "
 	"same ranges through the workers' own task code, one after another in one process. (The issue "
 	"says [0, 2·10^7): the workers' segmented sieve does that in about 20 ms, which measures round "

@@ -103,14 +103,20 @@ static int write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
+/* A single-item call of task with ?wait=5, or (task NULL) GET /healthz. */
 static int conn_send(struct conn *c, const char *task, long long i, int timed)
 {
 	char body[96], req[512];
-	int bl = snprintf(body, sizeof body, "{\"task\":\"%s\",\"items\":[[%lld]]}", task, i);
-	int n = snprintf(req, sizeof req,
-			 "POST /v1/batches?wait=5 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-			 "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
-			 bl, body);
+	int n;
+	if (task) {
+		int bl = snprintf(body, sizeof body, "{\"task\":\"%s\",\"items\":[[%lld]]}", task, i);
+		n = snprintf(req, sizeof req,
+			     "POST /v1/batches?wait=5 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+			     "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+			     bl, body);
+	} else {
+		n = snprintf(req, sizeof req, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+	}
 	buf_reset(&c->in);
 	c->busy = 1;
 	c->timed = timed;
@@ -242,7 +248,9 @@ static int rounds(const struct fpserver *s, int nconns, const char *task, long c
 			c->busy = 0;
 			busy--;
 			const char *body = c->in.data + a.body;
-			if (a.status == 201 && memmem(body, a.len, "\"state\":\"finished\"", 18)) {
+			int ok = task ? a.status == 201 && memmem(body, a.len, "\"state\":\"finished\"", 18)
+				      : a.status == 200 && memmem(body, a.len, "\"status\":\"ok\"", 13);
+			if (ok) {
 				if (c->timed) {
 					latencies_add(out, &cap, (now - c->started) * 1000);
 					last = now;
@@ -301,6 +309,11 @@ int rounds_sequential(const struct fpserver *s, long n, struct latencies *out)
 int rounds_concurrent(const struct fpserver *s, int clients, double seconds, struct latencies *out)
 {
 	return rounds(s, clients, "square", 0, 0, seconds, out);
+}
+
+int rounds_healthz(const struct fpserver *s, int clients, double seconds, struct latencies *out)
+{
+	return rounds(s, clients, NULL, 0, 0, seconds, out);
 }
 
 /* ---- W7: many long-polls on one batch ---- */

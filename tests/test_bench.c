@@ -117,6 +117,7 @@ TEST_T(bench_quick_writes_a_well_formed_table, 180)
 					     "| W2 | p50 ms |",
 					     "| W2 | p99 ms |",
 					     "| W3 | items/s |",
+					     "| W3 | control: GET /healthz answers/s",
 					     "| W4 | speedup, sequential / forkpool |",
 					     "| W4 | speedup; executor column: ",
 					     "| W5 | server peak RSS MiB |",
