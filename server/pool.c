@@ -1233,11 +1233,34 @@ int pool_start(struct store *s, const struct pool_config *c, pool_change_fn on_c
 	return P.nworkers > 0 ? 0 : -1;
 }
 
+/* How long pool_stop waits for the workers it asked to exit. A worker given
+ * EOF runs its plugins' finalizers and exits at once; one with a program
+ * plugin gives the program a second (worker/program.c) before killing it. */
+#define STOP_ORDERLY_MS 1500
+
 void pool_stop(void)
 {
 	P.stopping = 1;
+	/* Idle workers (and retiring ones, already told) end in an orderly way,
+	 * as a retired worker does: EOF on their socket, then their plugins'
+	 * finalizers, then exit status 0. A worker still running a chunk (the
+	 * grace is over) or still starting is killed. */
+	int asked = 0;
+	for (struct worker *w = P.workers; w; w = w->next) {
+		if (w->state == W_IDLE || w->state == W_RETIRING) {
+			close_socket(w);
+			asked++;
+		} else {
+			kill(w->pid, SIGKILL);
+		}
+	}
+	for (int64_t end = now_mono_ms() + STOP_ORDERLY_MS; asked && P.workers && now_mono_ms() < end;) {
+		reap(0);
+		if (P.workers)
+			usleep(2000);
+	}
 	for (struct worker *w = P.workers; w; w = w->next)
-		kill(w->pid, SIGKILL);
+		kill(w->pid, SIGKILL); /* what is left */
 	reap(1);
 	if (P.db_down)
 		db_replay(); /* a last chance for what is not written yet */

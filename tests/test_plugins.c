@@ -538,6 +538,37 @@ TEST(plugin_finalizer_runs_when_a_worker_retires)
 	stop_server(&s);
 }
 
+/* A server stopping with its workers idle stops them in an orderly way too:
+ * each runs its plugin's finalizer and exits 0. A worker still running a
+ * chunk when the grace ends is killed (failures_sigterm_* tests). */
+TEST(plugin_finalizer_runs_in_idle_workers_when_the_server_stops)
+{
+	char cwd[4096], initargs[4200];
+	CHECK(getcwd(cwd, sizeof cwd) != NULL);
+	snprintf(initargs, sizeof initargs, "{\"log\": \"%s/init.log\"}", cwd);
+	struct srv s = start_server("--plugin", plugin_spec("test-plugins/flaky.so", initargs),
+				    "--workers", "2", NULL);
+	json_t *r = run(&s, "{\"task\": \"flaky_pid\", \"chunksize\": 1, \"items\": [[], [], [], []]}");
+	json_decref(r);
+	int64_t deadline = harness_now_ms() + 10000;
+	while (count_lines("init.log", "init ") < 2) {
+		if (harness_now_ms() > deadline)
+			FAILF("two workers did not start: %d inits", count_lines("init.log", "init "));
+		pause_ms(10);
+	}
+	CHECK_INT(count_lines("init.log", "fini "), 0);
+	stop_server(&s);
+	/* The server has exited, and had waited for its workers. */
+	CHECK_INT(count_lines("init.log", "fini "), 2);
+	char *log = read_file("server.log");
+	int clean = 0;
+	for (char *line = strtok(log, "\n"); line; line = strtok(NULL, "\n"))
+		clean += strstr(line, "event=worker_exit") && strstr(line, "reason=shutdown") &&
+			 strstr(line, "status=\"exited with status 0\"");
+	CHECK_INT(clean, 2);
+	free(log);
+}
+
 TEST(plugin_given_in_the_environment_loads_and_a_flag_replaces_it)
 {
 	setenv("FORKPOOL_PLUGIN", plugin_spec("test-plugins/flaky.so", NULL), 1);
