@@ -539,17 +539,28 @@ TEST(api_a_result_sent_before_the_commit_goes_in_that_commit)
 	CHECK(sched_setaffinity(0, sizeof all, &all) == 0);
 	const int calls = 40;
 	json_decref(run_batch(&s, "{\"task\":\"echo\",\"items\":[[0]]}", NULL)); /* warm */
-	double before = server_metric(&s, "forkpool_db_commits_total{result=\"ok\"}");
-	for (int i = 0; i < calls; i++) {
-		struct resp r = req(&s, "POST", "/v1/batches?wait=5", "{\"task\":\"echo\",\"items\":[[7]]}");
-		CHECK_INT(r.status, 201);
-		CHECK(r.body && strstr(r.body, "\"state\":\"done\""));
-		resp_free(&r);
+	/* It takes the worker running as soon as its chunk wakes it, before
+	 * the loop reaches its commit: what the scheduler does on one idle CPU,
+	 * but not always when other processes share it (several test suites
+	 * at once, say). So up to three rounds; without the feature every
+	 * round is two commits a call, 80. */
+	double commits = 0;
+	for (int round = 0; round < 3; round++) {
+		double before = server_metric(&s, "forkpool_db_commits_total{result=\"ok\"}");
+		for (int i = 0; i < calls; i++) {
+			struct resp r = req(&s, "POST", "/v1/batches?wait=5",
+					    "{\"task\":\"echo\",\"items\":[[7]]}");
+			CHECK_INT(r.status, 201);
+			CHECK(r.body && strstr(r.body, "\"state\":\"done\""));
+			resp_free(&r);
+		}
+		commits = server_metric(&s, "forkpool_db_commits_total{result=\"ok\"}") - before;
+		printf("    %d single-item calls on one CPU: %.0f commits\n", calls, commits);
+		CHECK(commits >= calls * 0.9);
+		if (commits < calls * 1.8)
+			break;
 	}
-	double commits = server_metric(&s, "forkpool_db_commits_total{result=\"ok\"}") - before;
-	printf("    %d single-item calls on one CPU: %.0f commits\n", calls, commits);
-	CHECK(commits >= calls * 0.9);
-	CHECK(commits < calls * 1.8); /* two a call without it: 80 */
+	CHECK(commits < calls * 1.8);
 	server_stop(&s);
 }
 
