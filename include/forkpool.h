@@ -11,9 +11,9 @@
  * the JSON after '=' (the executor's initializer/initargs), then runs items:
  * one at a time, on one thread, so a task may use what init built without
  * locks. The worker calls fini when it ends in an orderly way (retired after
- * --max-tasks-per-child, or idle when the server stops); a worker that is
- * killed (a timeout, a crash, a chunk still running when the server's grace
- * ends) does not. The server also loads the plugin once, in a
+ * --max-tasks-per-child, or not running a chunk when the server stops); a
+ * worker that is killed (a timeout, a crash, a chunk still running when the
+ * server's grace ends) does not. The server also loads the plugin once, in a
  * separate `forkpool-worker --describe` run, to learn its tasks: there init is
  * NOT called, so forkpool_plugin() must be cheap and free of side effects.
  *

@@ -1241,13 +1241,14 @@ int pool_start(struct store *s, const struct pool_config *c, pool_change_fn on_c
 void pool_stop(void)
 {
 	P.stopping = 1;
-	/* Idle workers (and retiring ones, already told) end in an orderly way,
-	 * as a retired worker does: EOF on their socket, then their plugins'
-	 * finalizers, then exit status 0. A worker still running a chunk (the
-	 * grace is over) or still starting is killed. */
+	/* A worker not running a chunk ends in an orderly way, as a retired
+	 * worker does: EOF on its socket, then its plugins' finalizers, then
+	 * exit status 0 (one still starting gets there once its initializers
+	 * are done). A worker still running a chunk (the grace is over) is
+	 * killed, and so is any left when the wait ends. */
 	int asked = 0;
 	for (struct worker *w = P.workers; w; w = w->next) {
-		if (w->state == W_IDLE || w->state == W_RETIRING) {
+		if (w->state != W_BUSY) {
 			close_socket(w);
 			asked++;
 		} else {

@@ -83,9 +83,9 @@ void pool_after_commit(int ok);
 void pool_drain(void);
 /* Workers running a chunk. */
 int pool_busy(void);
-/* Stops every worker: an idle one in an orderly way (its plugins'
- * finalizers run, it exits 0; at most 1.5 s), one still running a chunk
- * with SIGKILL, its items going back to pending. */
+/* Stops every worker: one not running a chunk in an orderly way (its
+ * plugins' finalizers run, it exits 0; the wait is at most 1.5 s), one
+ * still running a chunk with SIGKILL, its items going back to pending. */
 void pool_stop(void);
 
 #endif

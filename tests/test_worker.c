@@ -52,8 +52,10 @@ static int fd_high(int fd)
 	return nfd;
 }
 
-/* Starts the worker as the pool does; with_page = 0 leaves fd 4 closed. */
-static void wk_start(struct wk *w, int with_page)
+/* Starts the worker as the pool does, with the arguments extra (NULL:
+ * none; else NULL-terminated) after its own; with_page = 0 leaves fd 4
+ * closed. */
+static void wk_start_with(struct wk *w, int with_page, const char *const *extra)
 {
 	memset(w, 0, sizeof *w);
 	/* An aborting worker must not spend the test's time writing a core. */
@@ -93,7 +95,9 @@ static void wk_start(struct wk *w, int with_page)
 	char path[PATH_MAX], ppid[24];
 	snprintf(path, sizeof path, "%s/forkpool-worker", harness_bin_dir());
 	snprintf(ppid, sizeof ppid, "%d", (int)getpid());
-	char *argv[] = {path, "--parent", ppid, NULL};
+	char *argv[16] = {path, "--parent", ppid};
+	for (int i = 0; extra && extra[i] && i < 12; i++)
+		argv[3 + i] = (char *)extra[i];
 	int rc = posix_spawn(&w->pid, path, &fa, &at, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&at);
@@ -104,6 +108,8 @@ static void wk_start(struct wk *w, int with_page)
 		FAILF("posix_spawn %s: %s", path, strerror(rc));
 	w->sock = sv[0];
 }
+
+static void wk_start(struct wk *w, int with_page) { wk_start_with(w, with_page, NULL); }
 
 /* Sends one frame holding payload p[0..n). */
 static void wk_send_raw(struct wk *w, const char *p, size_t n)
@@ -341,6 +347,38 @@ TEST(worker_exits_0_when_the_socket_closes)
 	int st = wk_wait(&w);
 	CHECK(WIFEXITED(st));
 	CHECK_INT(WEXITSTATUS(st), 0);
+	wk_stop(&w);
+}
+
+/* A server that stops while a worker is still starting closes the socket
+ * before the worker's hello: the worker's initializers have run, so it
+ * runs the finalizers too and exits 0, as it does on EOF later. */
+TEST(worker_closed_before_its_hello_runs_its_finalizers_and_exits_0)
+{
+	char cwd[PATH_MAX], spec[2 * PATH_MAX + 64];
+	CHECK(getcwd(cwd, sizeof cwd) != NULL);
+	snprintf(spec, sizeof spec, "%s/test-plugins/flaky.so={\"log\": \"%s/init.log\"}",
+		 harness_bin_dir(), cwd);
+	const char *const extra[] = {"--plugin", spec, NULL};
+	struct wk w;
+	wk_start_with(&w, 1, extra);
+	/* Closed at once: the worker is still exec'ing, long before its hello. */
+	close(w.sock);
+	w.sock = -1;
+	int st = wk_wait(&w);
+	CHECK(WIFEXITED(st));
+	CHECK_INT(WEXITSTATUS(st), 0);
+	FILE *f = fopen("init.log", "r");
+	CHECK(f != NULL);
+	char line[64];
+	int init = 0, fini = 0;
+	while (fgets(line, sizeof line, f)) {
+		init += !strncmp(line, "init ", 5);
+		fini += !strncmp(line, "fini ", 5);
+	}
+	fclose(f);
+	CHECK_INT(init, 1);
+	CHECK_INT(fini, 1);
 	wk_stop(&w);
 }
 

@@ -417,8 +417,16 @@ static int serve(long parent)
 	int rc = frame_write_all(WORKER_SOCK_FD, hello.data, hello.len);
 	buf_free(&hello);
 	if (rc < 0) {
-		fprintf(stderr, "forkpool-worker: write to fd %d: %s\n", WORKER_SOCK_FD, strerror(errno));
-		return 1;
+		/* EPIPE: the server closed before we were ready (it is stopping),
+		 * which ends us as EOF later would, in order. The initializers ran,
+		 * so the finalizers do too. */
+		int closed = errno == EPIPE;
+		if (!closed)
+			fprintf(stderr, "forkpool-worker: write to fd %d: %s\n", WORKER_SOCK_FD,
+				strerror(errno));
+		program_stop_all();
+		plugin_fini_all();
+		return closed ? 0 : 1;
 	}
 	/* glibc gives a second thread (the sender) its own malloc arena, and
 	 * reserves 64 MiB of address space for it at its first malloc: under
