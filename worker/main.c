@@ -449,8 +449,11 @@ static int serve(long parent)
 			malformed("frame longer than FRAME_MAX");
 		wait_readable(WORKER_SOCK_FD);
 		long got = frame_fill(&rd, WORKER_SOCK_FD);
-		if (got == 0)
-			finish(0); /* the server closed: we are done */
+		/* The server closed: we are done. ECONNRESET says the same when
+		 * it closed with our last bytes unread (a stop right after our
+		 * hello, say). */
+		if (got == 0 || (got < 0 && errno == ECONNRESET))
+			finish(0);
 		if (got < 0) {
 			fprintf(stderr, "forkpool-worker: read from the server: %s\n", strerror(errno));
 			finish(1);
