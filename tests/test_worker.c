@@ -337,16 +337,22 @@ TEST(worker_hello_names_its_pid)
 	wk_stop(&w);
 }
 
+/* Closes the test's end of the socket; the worker must exit 0. */
+static void close_expect_exit_0(struct wk *w)
+{
+	close(w->sock);
+	w->sock = -1;
+	int st = wk_wait(w);
+	CHECK(WIFEXITED(st));
+	CHECK_INT(WEXITSTATUS(st), 0);
+}
+
 TEST(worker_exits_0_when_the_socket_closes)
 {
 	struct wk w;
 	wk_start(&w, 1);
 	wk_hello(&w);
-	close(w.sock);
-	w.sock = -1;
-	int st = wk_wait(&w);
-	CHECK(WIFEXITED(st));
-	CHECK_INT(WEXITSTATUS(st), 0);
+	close_expect_exit_0(&w);
 	wk_stop(&w);
 }
 
@@ -370,11 +376,7 @@ TEST(worker_closed_while_starting_runs_its_finalizers_and_exits_0)
 			CHECK_INT(poll(&pf, 1, WAIT_MS), 1);
 		}
 		/* else at once: usually before the hello, on a loaded machine after */
-		close(w.sock);
-		w.sock = -1;
-		int st = wk_wait(&w);
-		CHECK(WIFEXITED(st));
-		CHECK_INT(WEXITSTATUS(st), 0);
+		close_expect_exit_0(&w);
 		wk_stop(&w);
 	}
 	FILE *f = fopen("init.log", "r");
