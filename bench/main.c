@@ -497,7 +497,7 @@ static void w3(const struct knobs *k)
 			add(&row("W3", "p50 ms (one batch's round trip)", U_MS)->fp, latencies_pct(&l, 50));
 			add(&row("W3", "p99 ms (one batch's round trip)", U_MS)->fp, latencies_pct(&l, 99));
 			add(&row("W3", "server CPU seconds", U_S)->fp, cpu);
-			if (hzrc == 0)
+			if (hzrc == 0 && hz.n > 0 && hz.seconds > 0)
 				add(&row("W3", W3_CONTROL, U_RATE)->fp, (double)hz.n / hz.seconds);
 			else
 				fail(&row("W3", W3_CONTROL, U_RATE)->fp, "W3 control");
