@@ -4,9 +4,8 @@
  * the loop's set and http_run calls MHD_run. Sharp edges handled here: a
  * suspended connection never times out and never notices its client leaving,
  * so the loop watches every connection's socket for EPOLLRDHUP itself (struct
- * http_conn); and
- * MHD_stop_daemon with suspended connections aborts, so http_quiesce resumes
- * them all first. */
+ * http_conn); and MHD_stop_daemon with suspended connections aborts, so
+ * http_quiesce resumes them all first. */
 #include "http.h"
 
 #include <arpa/inet.h>
