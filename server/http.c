@@ -227,10 +227,16 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
 			return MHD_CONTENT_READER_END_WITH_ERROR;
 		buf_reset(&r->sout);
 		r->sout_off = 0;
+		enum http_wake why = r->wake;
 		r->stream_end = !r->fill(r, &r->sout);
-		r->wake = WAKE_NONE;
 		if (r->parked)
 			return 0;
+		/* A park while quiescing leaves WAKE_SHUTDOWN for the next fill
+		 * (http_park): keep it, so that fill writes the stream's end. */
+		if (r->wake == why)
+			r->wake = WAKE_NONE;
+		else if (r->wake == WAKE_SHUTDOWN)
+			continue;
 		if (!r->sout.len && !r->stream_end) {
 			log_error("http_stream", "url=\"%s\" msg=\"fill gave nothing and did not park\"", r->url);
 			return MHD_CONTENT_READER_END_WITH_ERROR;

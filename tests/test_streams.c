@@ -751,6 +751,44 @@ TEST(cancel_survives_a_crash_cancelled_items_never_run)
 
 /* ---- shutting down ---- */
 
+/* An item that ends during the grace wakes the streams, which write it and
+ * would park again while the server is quiescing: they still end with the
+ * shutdown line rather than being cut off mid-body. */
+TEST(shutdown_ends_streams_cleanly_after_an_item_finishes_in_the_grace)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", "--grace", "30", "--log-level", "debug", NULL);
+	int64_t id = submit(&s, "{\"task\":\"sleep\",\"chunksize\":1,\"items\":[[2],[30]]}");
+	const char *accept[] = {NDJSON, "Accept: text/event-stream\r\n"};
+	struct rawconn *st[2];
+	for (int i = 0; i < 2; i++) {
+		st[i] = raw_get(&s, path_of("/v1/batches/%lld/results", id), accept[i]);
+		CHECK_INT(raw_headers(st[i], in_ms(10000)), 200);
+	}
+	wait_parked(&s, 2);
+	kill(s.pid, SIGTERM); /* while item 0 runs: the grace waits for it */
+	for (int i = 0; i < 2; i++) {
+		int got_item = 0, got_end = 0;
+		char *line;
+		while ((line = raw_line(st[i], in_ms(20000))) != NULL) {
+			got_item |= strstr(line, "\"index\":0") != NULL;
+			got_end |= strstr(line, "\"end\":\"shutdown\"") != NULL;
+			free(line);
+		}
+		CHECK(got_item);
+		CHECK(got_end);
+		raw_close(st[i]);
+	}
+	int status;
+	waitpid(s.pid, &status, 0);
+	s.pid = 0;
+	CHECK(WIFEXITED(status));
+	CHECK_INT(WEXITSTATUS(status), 0);
+	char *log = server_log_text(&s);
+	CHECK(strstr(log, "did not park") == NULL);
+	free(log);
+}
+
 TEST(shutdown_ends_streams_and_long_polls_cleanly)
 {
 	struct server s;
