@@ -250,7 +250,8 @@ static int db_totals(int64_t counts[FS_NSTATES], int64_t *batches, int64_t *open
 	if (!db || sqlite3_prepare_v2(db,
 				      "SELECT count(*), total(n_pending), total(n_running), total(n_finished),"
 				      " total(n_failed), total(n_cancelled),"
-				      " total(n_pending + n_running > 0) FROM batches",
+				      " total(n_pending + n_running > 0) FROM batches"
+				      " WHERE size >= 0", /* not the uploads still arriving */
 				      -1, &st, NULL) != SQLITE_OK)
 		return -1;
 	int rc = sqlite3_step(st);
