@@ -508,6 +508,7 @@ static void ndjson_end(struct http_req *r, double wait)
 	s->wait = wait;
 	http_set_data(r, s, free);
 	log_info("batch_upload", "batch=%lld task=%s size=%lld", (long long)b.id, b.task, (long long)b.size);
+	metrics_batch_accepted(b.task, b.size);
 	pool_add_batch(&s->b);
 	park_submitted(r, s);
 }

@@ -77,6 +77,9 @@ TEST(ndjson_batch_is_stored_and_runs_exactly)
 	for (size_t i = 0; i < 1000; i++)
 		CHECK_INT(jint(json_array_get(res, i), "result"), (long long)(i * i));
 	json_decref(res);
+	/* Accepted like a JSON batch. */
+	CHECK_INT(server_metric(&s, "forkpool_batches_accepted_total{task=\"square\"}"), 1);
+	CHECK_INT(server_metric(&s, "forkpool_items_accepted_total{task=\"square\"}"), 1000);
 	server_stop(&s);
 }
 
@@ -190,6 +193,10 @@ TEST(ndjson_upload_cut_short_stores_nothing)
 	r = req(&s, "GET", "/v1/batches/1", NULL);
 	CHECK_INT(r.status, 404);
 	resp_free(&r);
+	/* Nor to the metrics (its row's counts are -1 until it is sealed). */
+	CHECK_INT(server_metric(&s, "forkpool_items{state=\"pending\"}"), 0);
+	CHECK_INT(server_metric(&s, "forkpool_batches{state=\"open\"}"), 0);
+	CHECK_INT(server_metric(&s, "forkpool_batches{state=\"done\"}"), 0);
 	/* ...and removed when the client goes away. */
 	close(fd);
 	wait_rows(&s, "segments", 0);
