@@ -136,7 +136,7 @@ static struct resp call(const struct server *s, const char *op, const char *meth
 	json_object_set_new(c, "content_type", json_string(ct ? ct : ""));
 	free(ct);
 	json_t *h = json_object();
-	static const char *const names[] = {"Location", "WWW-Authenticate", "Allow"};
+	static const char *const names[] = {"Location", "WWW-Authenticate", "Allow", "Idempotent-Replayed"};
 	for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
 		char *v = header_of(&r, names[i]);
 		char lower[32];
@@ -256,6 +256,17 @@ TEST_T(openapi_real_answers_match_the_documented_schemas, 180)
 	call0(&s, BR, "GET", B "/4/results", NULL, auth, 200); /* cancelled futures */
 	call0(&s, BI, "DELETE", B "/3?purge=true", NULL, auth, 200);
 	call0(&s, BI, "DELETE", B "/3?purge=true", NULL, auth, 404);
+
+	/* Idempotency keys: a replay, a reused key, a purged batch's key. */
+	static const char *const keyed[] = {"Authorization: Bearer " TOKEN, "Idempotency-Key: openapi-1", NULL};
+	struct resp k = call(&s, B, "POST", B "?wait=30", "{\"task\":\"square\",\"items\":[[7]]}", keyed, 201);
+	char purge[64];
+	snprintf(purge, sizeof purge, B "/%lld?purge=true", (long long)jint(k.json, "id"));
+	resp_free(&k);
+	call0(&s, B, "POST", B, "{\"task\":\"square\",\"items\":[[7]]}", keyed, 200);
+	call0(&s, B, "POST", B, "{\"task\":\"square\",\"items\":[[8]]}", keyed, 409);
+	call0(&s, BI, "DELETE", purge, NULL, auth, 200);
+	call0(&s, B, "POST", B, "{\"task\":\"square\",\"items\":[[7]]}", keyed, 410);
 	fclose(cases);
 	server_stop(&s);
 
