@@ -45,8 +45,9 @@ static int check_fields(json_t *root, struct request_error *e)
 static int check_options(json_t *root, const struct request_limits *lim, struct batch *b,
 			 struct request_error *e)
 {
+	/* An optional field given as null is as if it were left out. */
 	json_t *v = json_object_get(root, "chunksize");
-	if (v) {
+	if (v && !json_is_null(v)) {
 		if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > MAX_CHUNKSIZE)
 			return refuse(e, 400, "invalid_request", "chunksize: must be an integer from 1 to %lld",
 				      MAX_CHUNKSIZE);
@@ -71,7 +72,7 @@ static int check_options(json_t *root, const struct request_limits *lim, struct 
 		b->timeout = lim->default_timeout;
 	}
 	v = json_object_get(root, "retries");
-	if (v) {
+	if (v && !json_is_null(v)) {
 		if (!json_is_integer(v) || json_integer_value(v) < 0 ||
 		    json_integer_value(v) > REQUEST_MAX_RETRIES)
 			return refuse(e, 400, "invalid_request", "retries: must be an integer from 0 to %d",

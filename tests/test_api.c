@@ -798,6 +798,22 @@ TEST(api_invalid_batches_are_400_naming_the_field_and_store_nothing)
 	server_stop(&s);
 }
 
+TEST(api_optional_fields_given_as_null_take_their_defaults)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	struct resp r = req(&s, "POST", "/v1/batches?wait=30",
+			    "{\"task\":\"square\",\"items\":[[1],[2],[3],[4],[5],[6],[7],[8],[9]],"
+			    "\"chunksize\":null,\"timeout\":null,\"retries\":null}");
+	CHECK_INT(r.status, 201);
+	CHECK_INT(jint(r.json, "chunksize"), 3); /* 9 items over 1 worker's 4 chunks */
+	CHECK(json_is_null(jget(r.json, "timeout")));
+	CHECK_INT(jint(r.json, "retries"), 0);
+	CHECK_INT(jint(json_array_get(jget(r.json, "results"), 8), "result"), 81);
+	resp_free(&r);
+	server_stop(&s);
+}
+
 TEST(api_unknown_things_are_404_wrong_methods_405)
 {
 	struct server s;
