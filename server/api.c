@@ -810,19 +810,21 @@ static void not_allowed(struct http_req *r, const char *allow)
 		   http_path(r), allow);
 }
 
-/* Routes on method and path; segments after /v1/batches are ids. */
+/* Routes on method and path; segments after /v1/batches are ids. HEAD is
+ * served wherever GET is (libmicrohttpd sends the headers alone), so every
+ * Allow that names GET names HEAD too. */
 void api_handle(struct http_req *r)
 {
 	const char *m = http_method(r), *p = http_path(r);
 	int get = !strcmp(m, "GET") || !strcmp(m, "HEAD");
 	if (!strcmp(p, "/healthz"))
-		return get ? healthz(r) : not_allowed(r, "GET");
+		return get ? healthz(r) : not_allowed(r, "GET, HEAD");
 	if (!strcmp(p, "/metrics"))
-		return get ? metrics_handle(r) : not_allowed(r, "GET");
+		return get ? metrics_handle(r) : not_allowed(r, "GET, HEAD");
 	if (!strcmp(p, "/v1/workers"))
-		return get ? metrics_workers(r) : not_allowed(r, "GET");
+		return get ? metrics_workers(r) : not_allowed(r, "GET, HEAD");
 	if (!strcmp(p, "/v1/tasks"))
-		return get ? get_tasks(r) : not_allowed(r, "GET");
+		return get ? get_tasks(r) : not_allowed(r, "GET, HEAD");
 	if (!strcmp(p, "/v1/batches")) {
 		if (!strcmp(m, "POST")) {
 			/* An NDJSON upload's query was checked with its headers. */
@@ -831,7 +833,7 @@ void api_handle(struct http_req *r)
 			return post_batch(r);
 		}
 		if (!get)
-			return not_allowed(r, "GET, POST");
+			return not_allowed(r, "GET, HEAD, POST");
 		if (query_known(r, Q_LIST) < 0)
 			return;
 		return list_batches(r);
@@ -846,7 +848,7 @@ void api_handle(struct http_req *r)
 		if (!slash) {
 			int del = !strcmp(m, "DELETE");
 			if (!del && !get)
-				return not_allowed(r, "GET, DELETE");
+				return not_allowed(r, "GET, HEAD, DELETE");
 			if (query_known(r, del ? Q_DELETE : Q_BATCH) < 0)
 				return;
 			if (del && retention_delete(r, id))
@@ -855,7 +857,7 @@ void api_handle(struct http_req *r)
 		}
 		if (!strcmp(slash, "/results")) {
 			if (!get)
-				return not_allowed(r, "GET");
+				return not_allowed(r, "GET, HEAD");
 			if (query_known(r, Q_RESULTS) < 0)
 				return;
 			return get_results(r, id);
@@ -875,7 +877,7 @@ void api_handle(struct http_req *r)
 			}
 			if (!tail) {
 				if (!get)
-					return not_allowed(r, "GET");
+					return not_allowed(r, "GET, HEAD");
 				if (query_known(r, Q_FUTURE) < 0)
 					return;
 				return get_future(r, id, index);

@@ -249,11 +249,22 @@ void http_stream(struct http_req *r, unsigned status, const char *content_type, 
 	if (r->answered)
 		return;
 	r->answered = 1;
-	r->fill = fill;
 	metrics_http(status);
-	H.nstreams++;
+	/* HEAD: GET's headers and no body. libmicrohttpd 0.9.75 still ends a
+	 * chunked answer to HEAD with the last chunk ("0\r\n\r\n"), which the
+	 * connection's next request would read as its status line; and an
+	 * answer of unknown size that is not chunked closes the connection.
+	 * So an empty answer, which it sends as headers alone (with a
+	 * Content-Length of 0: it has no way to leave the length out), and no
+	 * stream: nothing to fill, park or count. */
+	int head = !strcmp(r->method, "HEAD");
+	if (!head) {
+		r->fill = fill;
+		H.nstreams++;
+	}
 	struct MHD_Response *resp =
-	    MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, r, NULL);
+	    head ? MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT)
+		 : MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, r, NULL);
 	if (!resp)
 		return;
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);

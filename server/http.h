@@ -73,7 +73,7 @@ __attribute__((format(printf, 4, 5))) void http_error(struct http_req *r, unsign
  * the last bytes. When it has nothing yet it parks the request (http_park,
  * from inside fill) and returns 1; once woken it is called again with
  * http_woken saying why. A client that goes away ends the stream without a
- * call. */
+ * call. A HEAD request gets the headers alone, and fill is never called. */
 typedef int (*http_fill_fn)(struct http_req *r, struct buf *out);
 void http_stream(struct http_req *r, unsigned status, const char *content_type, http_fill_fn fill);
 /* Streamed request bodies. The headers hook is called for each request once

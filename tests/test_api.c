@@ -834,11 +834,52 @@ TEST(api_unknown_things_are_404_wrong_methods_405)
 	expect_error(&s, "PATCH", path, "{}", 405, "method_not_allowed", NULL);
 	struct resp r = req(&s, "PUT", "/v1/batches", "{}");
 	char *allow = resp_header(&r, "Allow");
-	CHECK_STR(allow, "GET, POST");
+	CHECK_STR(allow, "GET, HEAD, POST");
 	free(allow);
 	resp_free(&r);
 	snprintf(path, sizeof path, "/v1/batches/%lld/results?order=random", (long long)id);
 	expect_error(&s, "GET", path, NULL, 400, "invalid_request", "order");
+	server_stop(&s);
+}
+
+/* HEAD is answered wherever GET is, so a 405's Allow names it too. */
+TEST(api_allow_lists_head_wherever_get_is_allowed)
+{
+	struct server s;
+	server_start(&s, NULL);
+	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[1]]}");
+	json_decref(wait_batch(&s, id, 30));
+	static const struct {
+		const char *method, *path, *allow;
+	} cases[] = {
+	    {"PUT", "/healthz", "GET, HEAD"},
+	    {"POST", "/metrics", "GET, HEAD"},
+	    {"POST", "/v1/workers", "GET, HEAD"},
+	    {"POST", "/v1/tasks", "GET, HEAD"},
+	    {"PUT", "/v1/batches", "GET, HEAD, POST"},
+	    {"PATCH", "/v1/batches/1", "GET, HEAD, DELETE"},
+	    {"POST", "/v1/batches/1/results", "GET, HEAD"},
+	    {"POST", "/v1/batches/1/futures/0", "GET, HEAD"},
+	    {"GET", "/v1/batches/1/futures/0/cancel", "POST"},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct resp r = req(&s, cases[i].method, cases[i].path, NULL);
+		if (r.status != 405)
+			FAILF("%s %s: status %ld, expected 405", cases[i].method, cases[i].path, r.status);
+		char *allow = resp_header(&r, "Allow");
+		if (!allow || strcmp(allow, cases[i].allow))
+			FAILF("%s %s: Allow is \"%s\", expected \"%s\"", cases[i].method, cases[i].path,
+			      allow ? allow : "(none)", cases[i].allow);
+		free(allow);
+		resp_free(&r);
+		if (strstr(cases[i].allow, "HEAD")) {
+			/* and HEAD is indeed answered there */
+			r = req(&s, "HEAD", cases[i].path, NULL);
+			if (r.status != 200)
+				FAILF("HEAD %s: status %ld, expected 200", cases[i].path, r.status);
+			resp_free(&r);
+		}
+	}
 	server_stop(&s);
 }
 

@@ -416,6 +416,63 @@ TEST(stream_a_kept_alive_or_half_closed_client_that_leaves_is_noticed)
 	server_stop(&s);
 }
 
+/* HEAD on a stream route answers what GET would (status, type) and no body:
+ * not even a chunked stream's last chunk, which the next request on the
+ * connection would read as its status line. Asked of a batch that is still
+ * running, so that nothing waits for it either. */
+TEST(stream_head_answers_headers_only_and_the_connection_goes_on)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t id = submit(&s, "{\"task\":\"sleep\",\"items\":[[30]]}");
+	wait_running(&s, id, 1);
+	char req[1024];
+	int n = snprintf(req, sizeof req,
+			 "HEAD /v1/batches/%lld/results HTTP/1.1\r\nHost: x\r\n" NDJSON "\r\n"
+			 "HEAD /v1/batches/%lld/results HTTP/1.1\r\nHost: x\r\n" SSE "\r\n"
+			 "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+			 (long long)id, (long long)id);
+	int fd = raw_connect(&s);
+	CHECK(write(fd, req, (size_t)n) == n);
+	struct buf got = {0};
+	int64_t deadline = in_ms(10000);
+	for (;;) { /* to the end: the last request closes the connection */
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (harness_now_ms() > deadline)
+			FAILF("the connection did not end; so far: %.2000s", got.len ? got.data : "");
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		char tmp[4096];
+		ssize_t k = read(fd, tmp, sizeof tmp);
+		if (k <= 0)
+			break;
+		buf_add(&got, tmp, (size_t)k);
+	}
+	close(fd);
+	CHECK(got.len > 0);
+	/* Three answers, each right after the blank line that ends the last
+	 * one's headers. */
+	static const char *const types[] = {"application/x-ndjson", "text/event-stream",
+					    "application/json"};
+	const char *a = got.data;
+	for (int i = 0; i < 3; i++) {
+		if (strncmp(a, "HTTP/1.1 200 ", 13))
+			FAILF("answer %d does not start with a 200 status line: %.2000s", i, a);
+		const char *end = strstr(a, "\r\n\r\n");
+		CHECK(end != NULL);
+		char ct[128];
+		snprintf(ct, sizeof ct, "\r\nContent-Type: %s\r\n", types[i]);
+		char *head = strndup(a, (size_t)(end - a) + 2);
+		CHECK_CONTAINS(head, ct);
+		free(head);
+		a = end + 4;
+	}
+	CHECK(!strncmp(a, "{\"status\":\"ok\"", 14));
+	buf_free(&got);
+	CHECK(server_metric(&s, "forkpool_http_connections{state=\"streaming\"}") == 0);
+	server_stop(&s);
+}
+
 /* ---- waiting ---- */
 
 TEST(wait_until_first_completed_first_failure_and_all)
