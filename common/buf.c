@@ -60,6 +60,33 @@ char *buf_steal(struct buf *b, size_t *len)
 	return p;
 }
 
+/* The bytes of the UTF-8 sequence that starts at s[0] (>= 0x80; n >= 1 bytes
+ * left), with *ok set; when it is ill-formed, those of its maximal ill-formed
+ * piece (at least 1), each of which is written as one U+FFFD (Unicode 3.9,
+ * "U+FFFD Substitution of Maximal Subparts"). The second byte's range is what
+ * rules out overlong forms (E0, F0), surrogates (ED) and code points past
+ * U+10FFFF (F4), as in Unicode's table 3-7. */
+static inline size_t utf8_seq(const unsigned char *s, size_t n, int *ok)
+{
+	unsigned c = s[0], lo = 0x80, hi = 0xbf;
+	size_t need;
+	if (c >= 0xc2 && c <= 0xdf)
+		need = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		need = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+	else if (c >= 0xf0 && c <= 0xf4)
+		need = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+	else {
+		*ok = 0; /* a continuation byte, C0, C1 or F5..FF: never a start */
+		return 1;
+	}
+	size_t i = 1;
+	for (; i < need && i < n && s[i] >= lo && s[i] <= hi; i++)
+		lo = 0x80, hi = 0xbf;
+	*ok = i == need;
+	return i;
+}
+
 void buf_json_str(struct buf *b, const char *s, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -68,8 +95,22 @@ void buf_json_str(struct buf *b, const char *s, size_t n)
 	size_t run = 0; /* start of the current run of bytes that need no escape */
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
-		if (c >= 0x20 && c != '"' && c != '\\')
+		if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\')
 			continue;
+		if (c >= 0x80) {
+			/* Some strings are the client's bytes (a path, a header, a
+			 * query value quoted in an error): the answer must be UTF-8
+			 * all the same. */
+			int ok;
+			size_t k = utf8_seq((const unsigned char *)s + i, n - i, &ok);
+			if (!ok) {
+				buf_add(b, s + run, i - run);
+				buf_add(b, "\\ufffd", 6);
+				run = i + k;
+			}
+			i += k - 1;
+			continue;
+		}
 		buf_add(b, s + run, i - run);
 		run = i + 1;
 		switch (c) {

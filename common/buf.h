@@ -52,8 +52,9 @@ void buf_free(struct buf *b);   /* releases the memory, b is empty again */
 char *buf_steal(struct buf *b, size_t *len);
 
 /* JSON text pieces. buf_json_str writes s[0..n) as a quoted JSON string,
- * escaping controls, quotes and backslashes; bytes >= 0x80 pass through (the
- * callers only hold UTF-8 that jansson already validated). */
+ * escaping controls, quotes and backslashes; UTF-8 passes through, and each
+ * ill-formed piece of it is written as \ufffd, so that the text is UTF-8
+ * whatever s holds (error messages quote the client's own bytes). */
 void buf_json_str(struct buf *b, const char *s, size_t n);
 void buf_json_cstr(struct buf *b, const char *s);
 void buf_json_i64(struct buf *b, int64_t v);

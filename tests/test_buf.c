@@ -1,5 +1,5 @@
 /* test_buf.c - the JSON text writer's hand-written integers and times,
- * against the C library's own formatting. */
+ * against the C library's own formatting, and its strings. */
 #include <stdio.h>
 #include <time.h>
 
@@ -97,4 +97,44 @@ TEST(buf_str_copy_cuts_short_like_snprintf)
 	CHECK_STR(d, "");
 	str_copy(d, 1, "x");
 	CHECK_STR(d, "");
+}
+
+/* Strings come from requests as any bytes: what is written is UTF-8 JSON
+ * whatever they hold. Each maximal ill-formed piece becomes one \ufffd (the
+ * Unicode practice, as browsers decode); controls are escaped as before. */
+TEST(buf_json_str_writes_invalid_utf8_as_u_fffd_and_keeps_valid_utf8)
+{
+	static const struct {
+		const char *in, *out;
+	} cases[] = {
+	    {"plain", "\"plain\""},
+	    {"q\"b\\\n\r\t\x01\x1f", "\"q\\\"b\\\\\\n\\r\\t\\u0001\\u001f\""},
+	    {"\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf \xed\x9f\xbf \xee\x80\x80",
+	     "\"\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf \xed\x9f\xbf \xee\x80\x80\""},
+	    {"\xff", "\"\\ufffd\""},
+	    {"a\x80z", "\"a\\ufffdz\""},
+	    {"\xbf\xbf", "\"\\ufffd\\ufffd\""},
+	    {"\xc3", "\"\\ufffd\""},		      /* cut short at the end */
+	    {"\xe2\x82", "\"\\ufffd\""},	      /* one piece, one U+FFFD */
+	    {"\xe2\x82z", "\"\\ufffdz\""},
+	    {"\xf0\x9f\x98", "\"\\ufffd\""},
+	    {"\xc0\xaf", "\"\\ufffd\\ufffd\""},	      /* overlong */
+	    {"\xe0\x80\xaf", "\"\\ufffd\\ufffd\\ufffd\""}, /* overlong */
+	    {"\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\""}, /* a surrogate */
+	    {"\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\""}, /* past U+10FFFF */
+	    {"\xf5\x80", "\"\\ufffd\\ufffd\""},
+	    {"\xe2\x82\"", "\"\\ufffd\\\"\""},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct buf b = {0};
+		buf_json_cstr(&b, cases[i].in);
+		if (strcmp(b.data, cases[i].out))
+			FAILF("case %zu: wrote %s, expected %s", i, b.data, cases[i].out);
+		buf_free(&b);
+	}
+	/* NUL bytes inside the length are escaped, not an end. */
+	struct buf b = {0};
+	buf_json_str(&b, "a\0\xff", 3);
+	CHECK_STR(b.data, "\"a\\u0000\\ufffd\"");
+	buf_free(&b);
 }

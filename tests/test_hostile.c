@@ -401,6 +401,56 @@ TEST(hostile_odd_paths_are_404_or_400_and_wrong_methods_405_with_allow)
 	server_stop(&s);
 }
 
+/* Error messages quote what the client sent (a path segment, a query key or
+ * value, a header), which may be any bytes: the body must still be UTF-8,
+ * with each ill-formed sequence written as U+FFFD and good ones kept. */
+TEST(hostile_invalid_utf8_in_the_url_or_headers_gives_a_utf8_json_error)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[2]]}");
+	CHECK_INT(id, 1);
+	static const char FFFD[] = "\xef\xbf\xbd";
+	static const struct {
+		const char *head;
+		int status;
+		const char *code, *msg;
+	} cases[] = {
+	    {"GET /v1/batches/%ff HTTP/1.1", 404, "not_found", NULL},
+	    {"GET /v1/batches/\xff HTTP/1.1", 404, "not_found", FFFD},
+	    {"GET /v1/nope\xff HTTP/1.1", 404, "not_found", FFFD},
+	    {"GET /v1/batches/1/futures/\xff HTTP/1.1", 404, "not_found", FFFD},
+	    {"GET /v1/batches/1?%ff=1 HTTP/1.1", 400, "invalid_request", FFFD},
+	    {"GET /v1/batches/1?wait=%ff HTTP/1.1", 400, "invalid_request", FFFD},
+	    {"GET /v1/batches/1/results?order=%ff HTTP/1.1", 400, "invalid_request", FFFD},
+	    /* cut short, overlong, a surrogate, past U+10FFFF; then a good one */
+	    {"GET /v1/batches/1?wait=%e2%82 HTTP/1.1", 400, "invalid_request", "got \"\xef\xbf\xbd\""},
+	    {"GET /v1/batches/1?wait=%c0%af HTTP/1.1", 400, "invalid_request", "\xef\xbf\xbd\xef\xbf\xbd"},
+	    {"GET /v1/batches/1?wait=%ed%a0%80 HTTP/1.1", 400, "invalid_request", FFFD},
+	    {"GET /v1/batches/1?wait=%f4%90%80%80 HTTP/1.1", 400, "invalid_request", FFFD},
+	    {"GET /v1/batches/1?wait=%e2%82%ac%01 HTTP/1.1", 400, "invalid_request", "got \"\xe2\x82\xac\x01\""},
+	    {"POST /v1/batches?task=%ff HTTP/1.1\r\nContent-Type: application/x-ndjson", 400,
+	     "invalid_request", FFFD},
+	    {"POST /v1/batches HTTP/1.1\r\nContent-Type: text/\xff", 415, "unsupported_media_type", FFFD},
+	    {"GET /v1/batches/1/results HTTP/1.1\r\nAccept: text/event-stream\r\nLast-Event-ID: \xff", 400,
+	     "invalid_request", FFFD},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct answer a = hrequest(&s, cases[i].head, NULL, 0);
+		const char *body = strstr(a.text, "\r\n\r\n");
+		CHECK(body != NULL);
+		body += 4;
+		json_error_t e;
+		json_t *j = json_loadb(body, strlen(body), 0, &e); /* strict: refuses bad UTF-8 */
+		if (!j)
+			FAILF("%s: the body is not UTF-8 JSON (%s): %.300s", cases[i].head, e.text, body);
+		json_decref(j);
+		expect(&a, cases[i].status, cases[i].code, cases[i].msg, cases[i].head);
+	}
+	still_serving(&s);
+	server_stop(&s);
+}
+
 TEST(hostile_oversized_headers_and_request_lines_are_refused_and_the_server_goes_on)
 {
 	struct server s;
