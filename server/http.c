@@ -4,8 +4,9 @@
  * the loop's set and http_run calls MHD_run. Sharp edges handled here: a
  * suspended connection never times out and never notices its client leaving,
  * so the loop watches every connection's socket for EPOLLRDHUP itself (struct
- * http_conn); and MHD_stop_daemon with suspended connections aborts, so
- * http_quiesce resumes them all first. */
+ * http_conn); MHD_stop_daemon with suspended connections aborts, so
+ * http_quiesce resumes them all first; and the url it hands the handler is
+ * percent-decoded, so the path is taken as sent, before that (on_uri). */
 #include "http.h"
 
 #include <arpa/inet.h>
@@ -43,9 +44,9 @@ struct http_conn {
 };
 
 struct http_req {
-	struct MHD_Connection *con;
+	struct MHD_Connection *con; /* NULL until on_request's first call */
 	struct http_conn *conn; /* set while parked */
-	const char *method, *url; /* owned by libmicrohttpd, valid for the request's life */
+	const char *method; /* owned by libmicrohttpd, valid for the request's life */
 	struct buf body;
 	size_t max_body;
 	int too_big, answered;
@@ -69,6 +70,7 @@ struct http_req {
 	int nhdr;
 	void *data;
 	void (*data_free)(void *);
+	char path[]; /* as sent, before '?': not percent-decoded (see on_uri) */
 };
 
 static struct {
@@ -124,7 +126,7 @@ static void on_hup(struct loop_watch *w, uint32_t events)
 	struct http_req *r = c->parked;
 	if (!r)
 		return; /* libmicrohttpd sees the end itself, in its next read */
-	log_debug("client_gone", "url=\"%s\" msg=\"the client left a parked request\"", r->url);
+	log_debug("client_gone", "url=\"%s\" msg=\"the client left a parked request\"", r->path);
 	wake(r, WAKE_GONE);
 }
 
@@ -200,7 +202,7 @@ void http_park(struct http_req *r, int64_t batch, int64_t deadline_ms, int (*rea
 		return; /* a stream's reader calls fill again at once */
 	}
 	bucket_add(r, batch, deadline_ms, ready);
-	log_debug("parked", "url=\"%s\" batch=%lld", r->url, (long long)batch);
+	log_debug("parked", "url=\"%s\" batch=%lld", r->path, (long long)batch);
 	park(r);
 }
 
@@ -238,7 +240,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
 		else if (r->wake == WAKE_SHUTDOWN)
 			continue;
 		if (!r->sout.len && !r->stream_end) {
-			log_error("http_stream", "url=\"%s\" msg=\"fill gave nothing and did not park\"", r->url);
+			log_error("http_stream", "url=\"%s\" msg=\"fill gave nothing and did not park\"", r->path);
 			return MHD_CONTENT_READER_END_WITH_ERROR;
 		}
 	}
@@ -274,7 +276,7 @@ void http_stream(struct http_req *r, unsigned status, const char *content_type, 
 	for (int i = 0; i < r->nhdr; i++)
 		MHD_add_response_header(resp, r->hdr_name[i], r->hdr_value[i]);
 	if (MHD_queue_response(r->con, status, resp) != MHD_YES)
-		log_warn("http_queue", "status=%u url=\"%s\"", status, r->url);
+		log_warn("http_queue", "status=%u url=\"%s\"", status, r->path);
 	MHD_destroy_response(resp);
 }
 
@@ -413,7 +415,7 @@ static void on_mhd(struct loop_watch *w, uint32_t events)
 
 /* Request accessors. */
 const char *http_method(const struct http_req *r) { return r->method; }
-const char *http_path(const struct http_req *r) { return r->url; }
+const char *http_path(const struct http_req *r) { return r->path; }
 const char *http_query(const struct http_req *r, const char *key)
 {
 	return MHD_lookup_connection_value(r->con, MHD_GET_ARGUMENT_KIND, key);
@@ -492,7 +494,7 @@ void http_reply(struct http_req *r, unsigned status, struct buf *b)
 	for (int i = 0; i < r->nhdr; i++)
 		MHD_add_response_header(resp, r->hdr_name[i], r->hdr_value[i]);
 	if (MHD_queue_response(r->con, status, resp) != MHD_YES)
-		log_warn("http_queue", "status=%u url=\"%s\"", status, r->url);
+		log_warn("http_queue", "status=%u url=\"%s\"", status, r->path);
 	MHD_destroy_response(resp);
 }
 
@@ -533,21 +535,40 @@ static void req_free(struct http_req *r)
 	free(r);
 }
 
+/* Each request is made here, from its URI as the client sent it: the url
+ * that libmicrohttpd gives on_request is percent-decoded in place, so that
+ * /v1/batches/1%00 would be batch 1 ("1" and a NUL) and %2f a '/', and the
+ * path the API routes on (and auth checks) would not be the one sent. No
+ * API path has a '%' in it, so with the path as sent, any escape is simply
+ * no route: a 404. Only the path is kept as sent; the query's keys and
+ * values are still decoded, by libmicrohttpd, as they must be. What this
+ * returns is the request's con_cls; libmicrohttpd calls on_completed for it
+ * even when the request never reaches on_request (a head refused as too
+ * large, a client gone). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *con)
+{
+	(void)cls;
+	(void)con;
+	size_t n = strcspn(uri, "?");
+	struct http_req *r = calloc(1, sizeof *r + n + 1);
+	if (r)
+		memcpy(r->path, uri, n);
+	return r;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url,
 				  const char *method, const char *version, const char *upload,
 				  size_t *upload_size, void **con_cls)
 {
 	(void)cls;
+	(void)url; /* decoded: r->path is the path as sent */
 	(void)version;
 	struct http_req *r = *con_cls;
-	if (!r) {
-		r = calloc(1, sizeof *r);
-		if (!r)
-			return MHD_NO;
+	if (!r)
+		return MHD_NO; /* on_uri could not allocate it */
+	if (!r->con) {
 		r->con = con;
-		r->url = url;
 		r->method = method;
-		*con_cls = r;
 		if (auth_refuse(r))
 			return MHD_YES; /* 401 before a byte of the body is read */
 		if (H.on_headers)
@@ -585,7 +606,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 	}
 	H.handler(r);
 	if (!r->answered && !r->parked) {
-		log_error("http_unanswered", "method=%s url=\"%s\"", method, url);
+		log_error("http_unanswered", "method=%s url=\"%s\"", method, r->path);
 		http_error(r, 500, "internal", "the server did not answer this request");
 	}
 	return MHD_YES;
@@ -599,7 +620,7 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	struct http_req *r = *con_cls;
 	ended_in_run = 1;
 	if (r && r->fill)
-		log_debug("stream_end", "url=\"%s\" complete=%s", r->url,
+		log_debug("stream_end", "url=\"%s\" complete=%s", r->path,
 			  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "true" : "false");
 	if (r)
 		req_free(r);
@@ -663,7 +684,8 @@ int http_start(const char *listen, size_t max_body, unsigned conn_limit, http_ha
 			       conn_limit, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
 			       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
 			       MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-			       MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_END);
+			       MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
+			       MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!H.d) {
 		log_error("listen", "addr=\"%s\" msg=\"cannot listen there (in use, or not an address of this machine?)\"",

@@ -49,7 +49,9 @@ void http_counts(struct http_counts *c);
 void http_quiesce(void);
 void http_stop(void);
 
-/* The request. */
+/* The request. The path is as sent, up to any '?' (not percent-decoded:
+ * what is routed is what the client wrote); query keys and values are
+ * decoded. */
 const char *http_method(const struct http_req *r);
 const char *http_path(const struct http_req *r);
 const char *http_query(const struct http_req *r, const char *key);

@@ -401,6 +401,56 @@ TEST(hostile_odd_paths_are_404_or_400_and_wrong_methods_405_with_allow)
 	server_stop(&s);
 }
 
+/* A path is routed as it was sent: libmicrohttpd's percent-decoding would
+ * make /v1/batches/1%00 batch 1 and %2f a '/'. No API path holds a '%', so
+ * each of these is a 404 that quotes it, and does nothing. Queries are
+ * decoded as ever. */
+TEST(hostile_percent_encoded_paths_are_404_not_decoded)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t id = submit(&s, "{\"task\":\"sleep\",\"chunksize\":1,\"items\":[[30],[30]]}");
+	CHECK_INT(id, 1);
+	static const struct {
+		const char *head, *msg;
+	} cases[] = {
+	    {"GET /v1/batches/1%00 HTTP/1.1", "\"1%00\""},
+	    {"GET /v1/batches/%31 HTTP/1.1", "\"%31\""},
+	    {"GET /v1/batches/1%2fresults HTTP/1.1", "\"1%2fresults\""},
+	    {"GET /v1/batches/1%2Fresults?order=completed HTTP/1.1", "\"1%2Fresults\""},
+	    {"GET /v1/tasks%00garbage HTTP/1.1", "GET /v1/tasks%00garbage"},
+	    {"GET /v1/%74asks HTTP/1.1", "GET /v1/%74asks"},
+	    {"GET /healthz%00x HTTP/1.1", "GET /healthz%00x"},
+	    {"GET /metrics%00 HTTP/1.1", "GET /metrics%00"},
+	    {"GET /v1/batches/1/futures/0%00 HTTP/1.1", "\"0%00\""},
+	    {"POST /v1/batches/1/futures/1%2fcancel HTTP/1.1", "\"1%2fcancel\""},
+	    {"DELETE /v1/batches/%31 HTTP/1.1", "\"%31\""},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct answer a = hrequest(&s, cases[i].head, NULL, 0);
+		expect(&a, 404, "not_found", cases[i].msg, cases[i].head);
+	}
+	/* Neither the future nor the batch was cancelled. */
+	struct resp r = req(&s, "GET", "/v1/batches/1/futures/1", NULL);
+	CHECK_INT(r.status, 200);
+	CHECK_STR(jstr(r.json, "state"), "pending");
+	resp_free(&r);
+	r = req(&s, "GET", "/v1/batches/1", NULL);
+	CHECK_INT(jint(jget(r.json, "counts"), "cancelled"), 0);
+	resp_free(&r);
+	/* Query keys and values are still percent-decoded. */
+	r = req(&s, "GET", "/v1/batches/1?w%61it=%30", NULL);
+	CHECK_INT(r.status, 200);
+	resp_free(&r);
+	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
+	r = reqh(&s, "POST", "/v1/batches?task=sq%75are", "[3]\n", nd);
+	if (r.status != 201)
+		FAILF("POST ?task=sq%%75are: status %ld: %.300s", r.status, r.body);
+	CHECK_STR(jstr(r.json, "task"), "square");
+	resp_free(&r);
+	server_stop(&s);
+}
+
 /* Error messages quote what the client sent (a path segment, a query key or
  * value, a header), which may be any bytes: the body must still be UTF-8,
  * with each ill-formed sequence written as U+FFFD and good ones kept. */
