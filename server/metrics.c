@@ -41,6 +41,7 @@ struct hist {
 struct task_series {
 	char name[TASK_NAME_MAX];
 	uint64_t batches, accepted;
+	uint64_t turn_batches, turn_items; /* accepted in the turn, counted at its commit */
 	uint64_t done[FS_NSTATES]; /* by final state */
 	uint64_t errors[4];	   /* by enum ferr */
 	uint64_t run_b[NRUN], wait_b[NWAIT];
@@ -114,8 +115,8 @@ static void observe(struct hist *h, const double *bounds, size_t nb, double v)
 void metrics_batch_accepted(const char *name, int64_t items)
 {
 	struct task_series *t = task(name);
-	t->batches++;
-	t->accepted += (uint64_t)items;
+	t->turn_batches++;
+	t->turn_items += (uint64_t)items;
 }
 
 void metrics_item_done(const char *name, enum fstate state, enum ferr err, int64_t run_us,
@@ -171,6 +172,16 @@ void metrics_commit(int ok)
 		M.commits++;
 	else
 		M.commits_failed++;
+	/* A submission is accepted when its commit takes; one that a failed
+	 * commit took back was answered 503. */
+	for (int i = 0; i < M.ntasks; i++) {
+		struct task_series *t = &M.tasks[i];
+		if (ok) {
+			t->batches += t->turn_batches;
+			t->accepted += t->turn_items;
+		}
+		t->turn_batches = t->turn_items = 0;
+	}
 }
 
 void metrics_retention(int64_t batches, int64_t items)

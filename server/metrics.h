@@ -20,7 +20,8 @@
 void metrics_init(struct store *s, const char *db_path);
 void metrics_free(void);
 
-/* A batch of `items` futures of `task` was committed. */
+/* A batch of `items` futures of `task` was stored in the turn's transaction; it
+ * counts as accepted once that commits (metrics_commit). */
 void metrics_batch_accepted(const char *task, int64_t items);
 /* A future of `task` reached a final state (FS_FINISHED, FS_FAILED with its
  * error type, or FS_CANCELLED). run_us: how long it ran, microseconds (< 0:

@@ -263,21 +263,41 @@ static int op_do(struct op o, const char *text, size_t len, int apply)
 }
 
 /* Replays the log into the store after a failed commit; the turn's commit
- * then decides. Batches whose items went back to pending are queued. */
+ * then decides. Batches whose items went back to pending are queued. A
+ * claim whose batch is not there any more was of a submission the failed
+ * commit took back (its client was told 503, and its id is never given
+ * again): the workers still running its items are stopped, as by a cancel
+ * with terminate, rather than left to run work nobody will see. */
 static void db_replay(void)
 {
 	P.db_down = 0;
 	log_info("db_replay", "writes=%zu attempt=%d", P.nops, P.db_failures + 1);
+	int64_t *gone = NULL;
+	size_t ngone = 0;
 	for (size_t i = 0; i < P.nops; i++) {
-		int rc = op_apply(&P.ops[i]);
+		const struct op *o = &P.ops[i];
+		struct batch b;
+		if (o->kind == OP_CLAIM && (ngone == 0 || gone[ngone - 1] != o->batch) &&
+		    store_batch_get(P.store, o->batch, &b) == 0) {
+			gone = realloc(gone, (ngone + 1) * sizeof *gone);
+			if (!gone)
+				abort();
+			gone[ngone++] = o->batch;
+		}
+		int rc = op_apply(o); /* on a batch not there: nothing */
 		if (rc < 0)
 			P.op_failed = 1;
-		if (rc == 1) {
-			struct batch b;
-			if (store_batch_get(P.store, P.ops[i].batch, &b) == 1)
-				pool_add_batch(&b);
-		}
+		if (rc == 1 && store_batch_get(P.store, o->batch, &b) == 1)
+			pool_add_batch(&b);
 	}
+	/* After the loop: a terminate logs writes of its own (the log grows). */
+	for (size_t k = 0; k < ngone; k++) {
+		log_info("batch_taken_back", "batch=%lld msg=\"its submission's commit failed; stopping "
+					     "the workers that run its items\"",
+			 (long long)gone[k]);
+		pool_terminate_batch(gone[k]);
+	}
+	free(gone);
 }
 
 void pool_after_commit(int ok)

@@ -263,7 +263,9 @@ static void drop_memory(struct store *s)
 	kept_drop(s, 0, 1);
 	s->resume.batch = -1;
 	s->ndeltas = 0;
-	s->next_id = 0;
+	/* next_id stays: the ids the lost writes gave are not given again by
+	 * this process, whose pool may still hold their chunks and logged
+	 * writes (a chunk goes out before its batch's commit). */
 	s->done_seq = s->done_seq_committed;
 	s->seq_bound = s->seq_bound_committed;
 }
@@ -801,7 +803,6 @@ static int delete_rows(struct store *s, int64_t batch, int upload);
 static int submission_undo(struct store *s, int64_t batch, const char *key)
 {
 	store_forget(s, batch); /* its cached row, fresh segments and kept rows */
-	s->next_id = 0;		/* its id was never given: the next batch has it */
 	if (s->lost)
 		return 0; /* all of the transaction goes anyway */
 	sqlite3_stmt *st = key ? prepare(s, "DELETE FROM idempotency WHERE key = ?1") : NULL;

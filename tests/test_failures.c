@@ -722,6 +722,46 @@ TEST_T(failures_a_submission_on_a_full_disk_makes_healthz_503_until_a_commit_tak
 	server_stop(&s);
 }
 
+/* A submission whose commit fails was answered 503, but its items had gone
+ * to the workers before the commit (as every chunk may). They are stopped
+ * when the pool replays its writes, its id is never given again (the next
+ * batch's results are its own), and it is not counted as accepted. */
+TEST_T(failures_a_submission_refused_503_runs_nothing_and_its_id_is_not_given_again, 60)
+{
+	struct disk d;
+	disk_mount(&d, "disk", "12m");
+	struct server s;
+	server_start(&s, "--workers", "2", "--db", "disk/forkpool.db", NULL);
+	wait_workers(&s, 2, 10000);
+	json_decref(wait_batch(&s, submit(&s, "{\"task\":\"square\",\"items\":[[2]]}"), 30));
+	disk_fill(&d, &s);
+	struct resp r = req(&s, "POST", "/v1/batches",
+			    "{\"task\":\"sleep\",\"chunksize\":1,\"items\":[[60],[60],[60],[60]]}");
+	CHECK_INT(r.status, 503);
+	resp_free(&r);
+	disk_free(&d);
+	int64_t t0 = harness_now_ms();
+	int64_t id = submit(&s, "{\"task\":\"square\",\"chunksize\":1,\"items\":[[10],[11],[12],[13]]}");
+	CHECK(id > 2); /* 2 went to the refused batch */
+	json_t *b = wait_batch(&s, id, 30);
+	CHECK_INT(count(b, "finished"), 4);
+	json_decref(b);
+	CHECK(harness_now_ms() - t0 < 30000); /* not after the refused sleeps */
+	json_t *res = results(&s, id);
+	for (size_t i = 0; i < 4; i++)
+		CHECK_INT(jint(json_array_get(res, i), "result"), (long long)((10 + i) * (10 + i)));
+	json_decref(res);
+	CHECK(server_log_count(&s, "event=batch_taken_back", "batch=2", NULL) >= 1);
+	r = req(&s, "GET", "/v1/batches", NULL);
+	CHECK_INT(json_array_size(jget(r.json, "batches")), 2);
+	resp_free(&r);
+	r = req(&s, "GET", "/metrics", NULL);
+	CHECK(strstr(r.body, "forkpool_batches_accepted_total{task=\"sleep\"} 1") == NULL);
+	CHECK_CONTAINS(r.body, "forkpool_batches_accepted_total{task=\"square\"} 2");
+	resp_free(&r);
+	server_stop(&s);
+}
+
 TEST_T(failures_a_full_disk_is_503_loses_no_result_and_recovers_when_space_returns, 90)
 {
 	struct disk d;
