@@ -117,6 +117,12 @@ static struct {
 
 static void worker_io(struct loop_watch *lw, uint32_t events);
 
+/* Signals w and everything its tasks started: it leads its own process group
+ * (spawn_worker), which a task's children inherit. A kill of the worker alone
+ * let a timed-out exec task's own children run on (sh -c "sleep 60"), since
+ * only the worker's direct children get its death signal. */
+static void signal_worker(const struct worker *w, int sig) { kill(-w->pid, sig); }
+
 static void queue_append(struct qbatch *q)
 {
 	if (q->id > P.qmax)
@@ -575,7 +581,7 @@ static void flush_out(struct worker *w)
 			}
 			/* The peer is gone; the reap will deal with its chunk. */
 			close_socket(w);
-			kill(w->pid, SIGKILL);
+			signal_worker(w, SIGKILL);
 			return;
 		}
 		w->out_off += (size_t)k;
@@ -648,7 +654,7 @@ static void worker_broken(struct worker *w, const char *why)
 {
 	log_error("worker_protocol", "pid=%d msg=\"%s\"", (int)w->pid, why);
 	close_socket(w);
-	kill(w->pid, SIGKILL);
+	signal_worker(w, SIGKILL);
 }
 
 /* A decimal number of at most 18 digits at p (strtoll cost a tenth of the
@@ -779,7 +785,7 @@ static void worker_io(struct loop_watch *lw, uint32_t events)
 		/* EOF: it is dying or dead. Make sure, and let the reap decide. (A
 		 * worker retired by its last record exits on its own, running its
 		 * plugins' finalizers.) */
-		kill(w->pid, SIGKILL);
+		signal_worker(w, SIGKILL);
 	}
 }
 
@@ -1038,6 +1044,9 @@ static void reap(int block)
 		if (!w)
 			continue; /* not ours (a --describe run) */
 		*pp = w->next;
+		/* Whatever its tasks left behind in its group goes with it: the
+		 * number cannot be anyone else's while the group has members. */
+		kill(-pid, SIGKILL);
 		if (w->watch.fd >= 0)
 			drain(w); /* results it sent before dying still count */
 		if (w->errw.fd >= 0)
@@ -1100,7 +1109,7 @@ int64_t pool_tick(void)
 					 (int)w->pid, (double)P.cfg.start_timeout_ms / 1000);
 				w->fatal = strdup(why);
 				log_error("worker_start_timeout", "pid=%d", (int)w->pid);
-				kill(w->pid, SIGKILL);
+				signal_worker(w, SIGKILL);
 			} else if (next < 0 || due < next) {
 				next = due;
 			}
@@ -1112,7 +1121,7 @@ int64_t pool_tick(void)
 			if (now_ns / 1000000 >= kill_at) {
 				log_info("worker_kill", "pid=%d msg=\"still there %d ms after SIGTERM\"",
 					 (int)w->pid, KILL_GRACE_MS);
-				kill(w->pid, SIGKILL);
+				signal_worker(w, SIGKILL);
 				w->term_at = 0;
 			} else if (next < 0 || kill_at < next) {
 				next = kill_at;
@@ -1132,7 +1141,7 @@ int64_t pool_tick(void)
 				log_info("item_timeout", "pid=%d batch=%lld index=%lld", (int)w->pid,
 					 (long long)w->slot[item - 1].batch,
 					 (long long)w->slot[item - 1].idx);
-				kill(w->pid, SIGTERM);
+				signal_worker(w, SIGTERM);
 				w->term_at = now_ns / 1000000;
 				if (next < 0 || w->term_at + KILL_GRACE_MS < next)
 					next = w->term_at + KILL_GRACE_MS;
@@ -1185,7 +1194,7 @@ int pool_terminate_batch(int64_t batch)
 			continue;
 		if (!w->cancelled) {
 			w->cancelled = 1;
-			kill(w->pid, SIGKILL);
+			signal_worker(w, SIGKILL);
 			n++;
 		}
 		log_info("worker_terminate", "pid=%d batch=%lld", (int)w->pid, (long long)batch);
@@ -1272,7 +1281,7 @@ void pool_stop(void)
 			close_socket(w);
 			asked++;
 		} else {
-			kill(w->pid, SIGKILL);
+			signal_worker(w, SIGKILL);
 		}
 	}
 	for (int64_t end = now_mono_ms() + STOP_ORDERLY_MS; asked && P.workers && now_mono_ms() < end;) {
@@ -1281,7 +1290,7 @@ void pool_stop(void)
 			usleep(2000);
 	}
 	for (struct worker *w = P.workers; w; w = w->next)
-		kill(w->pid, SIGKILL); /* what is left */
+		signal_worker(w, SIGKILL); /* what is left */
 	reap(1);
 	if (P.db_down)
 		db_replay(); /* a last chance for what is not written yet */

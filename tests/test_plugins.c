@@ -751,6 +751,40 @@ TEST(program_past_its_task_timeout_is_killed_with_its_worker)
 	stop_server(&s);
 }
 
+/* What a program started goes too, whether its worker is killed for a
+ * timeout or by a cancel with terminate: the children of a shell wrapper,
+ * which do not get the worker's death signal, and even ones that ignore
+ * SIGTERM. */
+TEST(program_children_die_with_a_timed_out_or_terminated_worker)
+{
+	write_file("wrap.sh", 0755,
+		   "#!/bin/sh\ntrap '' TERM\nsleep 60 &\necho $! > \"kid.$1\"\nwait\necho 1\n");
+	TASKS("{\"name\": \"wrap\", \"mode\": \"exec\", \"argv\": [\"./wrap.sh\", \"{0}\"],"
+	      " \"params\": [\"n\"]}");
+	struct srv s = start_server("--tasks-file", "tasks.json", "--workers", "1", NULL);
+	json_t *r = run(&s, "{\"task\": \"wrap\", \"items\": [[1]], \"timeout\": 0.5}");
+	CHECK_STR(error_type(r, 0), "timeout");
+	json_decref(r);
+	char *pid = read_file("kid.1");
+	CHECK(atoi(pid) > 0);
+	wait_gone(atoi(pid));
+	free(pid);
+	long long id = submit(&s, "{\"task\": \"wrap\", \"items\": [[2]]}");
+	int64_t deadline = harness_now_ms() + 10000;
+	for (pid = read_file("kid.2"); atoi(pid) <= 0; pid = read_file("kid.2")) {
+		free(pid);
+		if (harness_now_ms() > deadline)
+			FAILF("the task never started");
+		pause_ms(10);
+	}
+	char path[96];
+	snprintf(path, sizeof path, "/v1/batches/%lld?terminate=true", id);
+	json_decref(http_json(&s, "DELETE", path, NULL, 200));
+	wait_gone(atoi(pid));
+	free(pid);
+	stop_server(&s);
+}
+
 #define PERSISTENT_SH                                                                             \
 	"#!/bin/sh\n"                                                                              \
 	"n=0\n"                                                                                    \
