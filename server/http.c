@@ -681,7 +681,7 @@ int http_start(const char *listen, size_t max_body, unsigned conn_limit, http_ha
 	H.d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
 			       NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 			       MHD_OPTION_CONNECTION_TIMEOUT, idle_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-			       conn_limit, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+			       conn_limit,
 			       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
 			       MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
 			       MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,

@@ -1020,6 +1020,30 @@ static int run_server_cmd(const char *args, char *out, size_t outlen)
 	return pclose(p);
 }
 
+/* A second server on an address one is already listening on refuses to
+ * start: it must not share the port (SO_REUSEPORT would let the kernel
+ * split the clients between two servers and two databases). */
+TEST(api_an_address_in_use_is_refused_not_shared)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	/* If it did start, timeout ends it (exit 124): a failure, not a hang. */
+	char cmd[1024], out[8192];
+	snprintf(cmd, sizeof cmd,
+		 "timeout -s KILL 10 %s/forkpoold --listen 127.0.0.1:%d --db ./second.db --workers 1 2>&1",
+		 harness_bin_dir(), s.port);
+	FILE *p = popen(cmd, "r");
+	if (!p)
+		FAILF("popen failed");
+	size_t n = fread(out, 1, sizeof out - 1, p);
+	out[n] = '\0';
+	int st = pclose(p);
+	CHECK(WIFEXITED(st));
+	CHECK_INT(WEXITSTATUS(st), 1);
+	CHECK_CONTAINS(out, "cannot listen there");
+	server_stop(&s);
+}
+
 TEST(api_help_and_bad_flags)
 {
 	char out[8192];
