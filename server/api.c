@@ -413,8 +413,9 @@ static void park_submitted(struct http_req *r, struct submitted *s)
 	http_park_commit(r);
 }
 
-/* 201 with the batch and "results": every future in submission order. */
-static void reply_with_results(struct http_req *r, int64_t id)
+/* The batch and "results": every future in submission order (201 for a
+ * submission, 200 for its replay). */
+static void reply_with_results(struct http_req *r, unsigned status, int64_t id)
 {
 	struct batch b;
 	if (store_batch_get(C.store, id, &b) != 1)
@@ -429,7 +430,7 @@ static void reply_with_results(struct http_req *r, int64_t id)
 		return db_error(r);
 	}
 	buf_adds(&o, "]}");
-	http_reply(r, 201, &o);
+	http_reply(r, status, &o);
 }
 
 /* Whether the request's Content-Type is the media type mt (parameters such
@@ -524,11 +525,24 @@ static int content_type_ok(struct http_req *r)
 
 /* ---- Idempotency-Key ---- */
 
-/* 200 with the batch an earlier request with the same key and body made. */
-static void idempotent_replay(struct http_req *r, int64_t id)
+/* 200 with the batch an earlier request with the same key and body made
+ * (s->b.id). With ?wait=S the answer is the one the first request's would
+ * have been, which the client may have lost: held until the batch is done or
+ * S pass, with "results". Called again when the request wakes. */
+static void idempotent_replay(struct http_req *r, struct submitted *s)
 {
-	if (http_woken(r) != WAKE_NONE && (http_woken(r) != WAKE_COMMIT || !http_commit_ok(r)))
+	int64_t id = s->b.id;
+	enum http_wake why = http_woken(r);
+	if (why == WAKE_COMMIT && !http_commit_ok(r))
 		return db_error(r); /* the original's commit failed with this one's */
+	if (why == WAKE_NONE && store_dirty(C.store)) {
+		/* The first request may be in this turn's transaction still:
+		 * answer after the commit, which it may not survive. */
+		if (s->wait <= 0)
+			return http_park_commit(r);
+		s->w = (struct wait){.batch = id, .index = -1};
+		return http_park_commit_then(r, id, deadline_after(s->wait), batch_ready);
+	}
 	struct batch b;
 	int found = store_batch_get(C.store, id, &b);
 	if (found < 0)
@@ -536,10 +550,16 @@ static void idempotent_replay(struct http_req *r, int64_t id)
 	if (!found)
 		return http_error(r, 410, "gone", "the batch %lld this Idempotency-Key made is gone",
 				  (long long)id);
+	if (why == WAKE_NONE && s->wait > 0 && !batch_done(&b)) {
+		s->w = (struct wait){.batch = id, .index = -1};
+		return http_park(r, id, deadline_after(s->wait), batch_ready);
+	}
 	char loc[64];
 	snprintf(loc, sizeof loc, "/v1/batches/%lld", (long long)id);
 	http_add_header(r, "Location", loc);
 	http_add_header(r, "Idempotent-Replayed", "true");
+	if (s->wait > 0)
+		return reply_with_results(r, 200, id);
 	reply_batch(r, 200, &b);
 }
 
@@ -576,12 +596,7 @@ static int idempotency_check(struct http_req *r, struct submitted *s, const char
 		return 0;
 	s->replay = 1;
 	s->b.id = id;
-	/* The first request may be in this turn's transaction still: answer
-	 * after the commit, which it may not survive. */
-	if (store_dirty(C.store))
-		http_park_commit(r);
-	else
-		idempotent_replay(r, id);
+	idempotent_replay(r, s);
 	return 1;
 }
 
@@ -592,7 +607,7 @@ static void post_batch(struct http_req *r)
 		struct submitted *s = http_data(r);
 		enum http_wake why = http_woken(r);
 		if (s->replay)
-			return idempotent_replay(r, s->b.id);
+			return idempotent_replay(r, s);
 		if (why == WAKE_COMMIT && !http_commit_ok(r))
 			return db_error(r);
 		if (why == WAKE_SHUTDOWN && !s->committed && !http_commit_ok(r))
@@ -610,7 +625,7 @@ static void post_batch(struct http_req *r)
 			}
 		}
 		if (s->wait > 0)
-			return reply_with_results(r, s->b.id);
+			return reply_with_results(r, 201, s->b.id);
 		return reply_batch(r, 201, &s->b);
 	}
 	if (shutting_down)

@@ -1005,12 +1005,18 @@ TEST_T(failures_sync_full_is_set_and_every_201_survives_kill9, 60)
 
 /* ---- a client retrying after a lost answer ---- */
 
-static struct resp post_keyed(const struct server *s, const char *key, const char *body)
+static struct resp post_keyed_at(const struct server *s, const char *path, const char *key,
+				 const char *body)
 {
 	char h[320];
 	snprintf(h, sizeof h, "Idempotency-Key: %s", key);
 	const char *const headers[] = {h, NULL};
-	return reqh(s, "POST", "/v1/batches", body, headers);
+	return reqh(s, "POST", path, body, headers);
+}
+
+static struct resp post_keyed(const struct server *s, const char *key, const char *body)
+{
+	return post_keyed_at(s, "/v1/batches", key, body);
 }
 
 TEST(failures_idempotency_key_returns_the_original_batch_and_409s_another_body)
@@ -1089,6 +1095,88 @@ TEST(failures_the_same_key_twice_in_one_turn_makes_one_batch)
 		if (kids[k] == 0) {
 			struct resp r = post_keyed(&s, "same", body);
 			_exit(r.status == 201 ? 1 : r.status == 200 ? 2 : 3);
+		}
+	}
+	int created = 0, replayed = 0;
+	for (int k = 0; k < 4; k++) {
+		int st;
+		waitpid(kids[k], &st, 0);
+		created += WEXITSTATUS(st) == 1;
+		replayed += WEXITSTATUS(st) == 2;
+	}
+	CHECK_INT(created, 1);
+	CHECK_INT(replayed, 3);
+	struct resp r = req(&s, "GET", "/v1/batches", NULL);
+	CHECK_INT(json_array_size(jget(r.json, "batches")), 1);
+	resp_free(&r);
+	server_stop(&s);
+}
+
+/* A client whose ?wait answer was lost sends the request again: the replay
+ * gets what the ?wait answer would have been (it waits until the batch is
+ * done or the wait passes, and carries "results"), still as a replay: 200
+ * with Idempotent-Replayed. */
+TEST(failures_an_idempotent_replay_with_wait_waits_and_answers_with_the_results)
+{
+	struct server s;
+	server_start(&s, "--workers", "2", NULL);
+	const char *body = "{\"task\":\"sleep\",\"items\":[[1.5]]}";
+	struct resp r = post_keyed(&s, "w2", body);
+	CHECK_INT(r.status, 201);
+	json_int_t id = jint(r.json, "id");
+	resp_free(&r);
+	r = post_keyed_at(&s, "/v1/batches?wait=30", "w2", body);
+	CHECK_INT(r.status, 200);
+	CHECK_INT(jint(r.json, "id"), id);
+	CHECK_STR(jstr(r.json, "state"), "done");
+	json_t *res = jget(r.json, "results");
+	CHECK_INT(json_array_size(res), 1);
+	CHECK_STR(jstr(json_array_get(res, 0), "state"), "finished");
+	char *h = resp_header(&r, "Idempotent-Replayed"), *loc = resp_header(&r, "Location"), want[64];
+	CHECK_STR(h, "true");
+	snprintf(want, sizeof want, "/v1/batches/%lld", (long long)id);
+	CHECK_STR(loc, want);
+	free(h);
+	free(loc);
+	resp_free(&r);
+	/* The wait passes first: the batch as it stands, with its results. */
+	body = "{\"task\":\"sleep\",\"items\":[[30]]}";
+	r = post_keyed(&s, "w3", body);
+	CHECK_INT(r.status, 201);
+	resp_free(&r);
+	r = post_keyed_at(&s, "/v1/batches?wait=0.3", "w3", body);
+	CHECK_INT(r.status, 200);
+	CHECK(strcmp(jstr(r.json, "state"), "done") != 0);
+	res = jget(r.json, "results");
+	CHECK_INT(json_array_size(res), 1);
+	CHECK(strcmp(jstr(json_array_get(res, 0), "state"), "finished") != 0);
+	resp_free(&r);
+	/* Without ?wait a replay is the batch alone, at once, as before. */
+	r = post_keyed(&s, "w3", body);
+	CHECK_INT(r.status, 200);
+	CHECK(json_object_get(r.json, "results") == NULL);
+	resp_free(&r);
+	server_stop(&s);
+}
+
+/* The same keyed ?wait request from four connections at once: replays that
+ * come in the first one's turn wait for its commit and then for the batch,
+ * so every answer is the one batch, done, with its results. */
+TEST(failures_the_same_key_with_wait_four_times_at_once_waits_for_one_batch)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	const char *body = "{\"task\":\"sleep\",\"items\":[[0.3]]}";
+	pid_t kids[4];
+	for (int k = 0; k < 4; k++) {
+		kids[k] = fork();
+		if (kids[k] == 0) {
+			struct resp r = post_keyed_at(&s, "/v1/batches?wait=30", "same-wait", body);
+			json_t *res = r.json ? json_object_get(r.json, "results") : NULL;
+			json_t *st = r.json ? json_object_get(r.json, "state") : NULL;
+			int whole = json_array_size(res) == 1 && json_is_string(st) &&
+				    !strcmp(json_string_value(st), "done");
+			_exit(!whole ? 3 : r.status == 201 ? 1 : r.status == 200 ? 2 : 3);
 		}
 	}
 	int created = 0, replayed = 0;

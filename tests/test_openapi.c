@@ -263,7 +263,7 @@ TEST_T(openapi_real_answers_match_the_documented_schemas, 180)
 	char purge[64];
 	snprintf(purge, sizeof purge, B "/%lld?purge=true", (long long)jint(k.json, "id"));
 	resp_free(&k);
-	call0(&s, B, "POST", B, "{\"task\":\"square\",\"items\":[[7]]}", keyed, 200);
+	call0(&s, B, "POST", B "?wait=30", "{\"task\":\"square\",\"items\":[[7]]}", keyed, 200);
 	call0(&s, B, "POST", B, "{\"task\":\"square\",\"items\":[[8]]}", keyed, 409);
 	call0(&s, BI, "DELETE", purge, NULL, auth, 200);
 	call0(&s, B, "POST", B, "{\"task\":\"square\",\"items\":[[7]]}", keyed, 410);
