@@ -832,14 +832,22 @@ void api_handle(struct http_req *r)
 {
 	const char *m = http_method(r), *p = http_path(r);
 	int get = !strcmp(m, "GET") || !strcmp(m, "HEAD");
-	if (!strcmp(p, "/healthz"))
-		return get ? healthz(r) : not_allowed(r, "GET, HEAD");
-	if (!strcmp(p, "/metrics"))
-		return get ? metrics_handle(r) : not_allowed(r, "GET, HEAD");
-	if (!strcmp(p, "/v1/workers"))
-		return get ? metrics_workers(r) : not_allowed(r, "GET, HEAD");
-	if (!strcmp(p, "/v1/tasks"))
-		return get ? get_tasks(r) : not_allowed(r, "GET, HEAD");
+	/* These take no parameters. Docker's HEALTHCHECK (docker/) and a
+	 * Prometheus scrape send none either. */
+	static const struct {
+		const char *path;
+		http_handler fn;
+	} plain[] = {{"/healthz", healthz}, {"/metrics", metrics_handle},
+		     {"/v1/workers", metrics_workers}, {"/v1/tasks", get_tasks}};
+	for (size_t i = 0; i < sizeof plain / sizeof *plain; i++) {
+		if (strcmp(p, plain[i].path))
+			continue;
+		if (!get)
+			return not_allowed(r, "GET, HEAD");
+		if (query_known(r, Q_NONE) < 0)
+			return;
+		return plain[i].fn(r);
+	}
 	if (!strcmp(p, "/v1/batches")) {
 		if (!strcmp(m, "POST")) {
 			/* An NDJSON upload's query was checked with its headers. */

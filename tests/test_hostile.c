@@ -252,8 +252,9 @@ TEST(hostile_bad_bodies_get_a_4xx_json_error_naming_the_problem_and_store_nothin
 }
 
 /* A misspelt query parameter would otherwise be ignored: ?wiat=5 answers at
- * once, ?chunk_size=2 submits with the default chunk size. Every /v1 route
- * names the parameters it takes instead, and nothing is stored. */
+ * once, ?chunk_size=2 submits with the default chunk size. Every route
+ * names the parameters it takes instead, and nothing is stored; those that
+ * take none (/healthz and /metrics too) refuse any. */
 TEST(hostile_unknown_query_parameters_are_400_naming_the_parameter)
 {
 	struct server s;
@@ -275,6 +276,10 @@ TEST(hostile_unknown_query_parameters_are_400_naming_the_parameter)
 	    {"GET", "/v1/batches/1/results?ordr=completed", NULL, "ordr", 0},
 	    {"GET", "/v1/batches/1/futures/0?x", NULL, "x", 0},
 	    {"POST", "/v1/batches/1/futures/0/cancel?terminate=true", NULL, "terminate", 0},
+	    {"GET", "/v1/tasks?x", NULL, "x", 0},
+	    {"GET", "/v1/workers?x=1", NULL, "x", 0},
+	    {"GET", "/healthz?x=1", NULL, "x", 0},
+	    {"GET", "/metrics?x=1", NULL, "x", 0},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
 		struct resp r = reqh(&s, cases[i].method, cases[i].path, cases[i].body,
@@ -293,6 +298,14 @@ TEST(hostile_unknown_query_parameters_are_400_naming_the_parameter)
 	CHECK_INT(r.status, 200);
 	CHECK_CONTAINS(r.body, "\"result\":4");
 	resp_free(&r);
+	/* What Docker's HEALTHCHECK and a Prometheus scrape ask (docker/,
+	 * README): no query at all. */
+	static const char *const plain[] = {"/healthz", "/metrics"};
+	for (size_t i = 0; i < sizeof plain / sizeof *plain; i++) {
+		r = req(&s, "GET", plain[i], NULL);
+		CHECK_INT(r.status, 200);
+		resp_free(&r);
+	}
 	server_stop(&s);
 }
 

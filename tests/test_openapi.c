@@ -187,11 +187,15 @@ TEST_T(openapi_real_answers_match_the_documented_schemas, 180)
 
 	call0(&s, "/healthz", "GET", "/healthz", NULL, NULL, 200);
 	call0(&s, "/healthz", "POST", "/healthz", "{}", NULL, 405);
+	call0(&s, "/healthz", "GET", "/healthz?x=1", NULL, NULL, 400);
 	call0(&s, "/metrics", "GET", "/metrics", NULL, NULL, 200);
+	call0(&s, "/metrics", "GET", "/metrics?x=1", NULL, NULL, 400);
 	call0(&s, "/v1/tasks", "GET", "/v1/tasks", NULL, NULL, 401);
 	call0(&s, "/v1/tasks", "GET", "/v1/tasks", NULL, auth, 200);
+	call0(&s, "/v1/tasks", "GET", "/v1/tasks?x", NULL, auth, 400);
 	call0(&s, "/v1/tasks", "POST", "/v1/tasks", "{}", auth, 405);
 	call0(&s, "/v1/workers", "GET", "/v1/workers", NULL, auth, 200);
+	call0(&s, "/v1/workers", "GET", "/v1/workers?x=1", NULL, auth, 400);
 
 	/* Submissions, good and bad. */
 	call0(&s, B, "POST", B, "{\"task\":\"fail_if\",\"items\":[[1,2],[2,2],[3,2]],\"chunksize\":1}", auth, 201);
@@ -248,6 +252,7 @@ TEST_T(openapi_real_answers_match_the_documented_schemas, 180)
 	call0(&s, BF, "GET", B "/4/futures/0", NULL, auth, 200); /* running */
 	call0(&s, BC, "POST", B "/4/futures/2/cancel", NULL, auth, 200);
 	call0(&s, BC, "POST", B "/4/futures/0/cancel", NULL, auth, 200); /* running: false */
+	call0(&s, BC, "POST", B "/4/futures/0/cancel?terminate=true", NULL, auth, 400);
 	call0(&s, BC, "GET", B "/4/futures/0/cancel", NULL, auth, 405);
 	call0(&s, BI, "DELETE", B "/4?purge=true", NULL, auth, 409);
 	call0(&s, BI, "DELETE", B "/4?terminate=maybe", NULL, auth, 400);
