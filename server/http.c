@@ -418,7 +418,13 @@ const char *http_method(const struct http_req *r) { return r->method; }
 const char *http_path(const struct http_req *r) { return r->path; }
 const char *http_query(const struct http_req *r, const char *key)
 {
-	return MHD_lookup_connection_value(r->con, MHD_GET_ARGUMENT_KIND, key);
+	/* MHD gives ?key (no "=") a NULL value, which MHD_lookup_connection_value
+	 * cannot tell from an absent key: ?chunksize alone was ignored. */
+	const char *v = NULL;
+	if (MHD_lookup_connection_value_n(r->con, MHD_GET_ARGUMENT_KIND, key, strlen(key), &v, NULL) !=
+	    MHD_YES)
+		return NULL;
+	return v ? v : "";
 }
 struct unknown_scan {
 	const char *const *allowed;

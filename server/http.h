@@ -54,6 +54,8 @@ void http_stop(void);
  * decoded. */
 const char *http_method(const struct http_req *r);
 const char *http_path(const struct http_req *r);
+/* A query parameter's value: NULL when it is absent, "" when it has none
+ * (?key is ?key=). */
 const char *http_query(const struct http_req *r, const char *key);
 /* The first query parameter whose name is not in allowed (a NULL-terminated
  * list), or NULL when every one is known. */

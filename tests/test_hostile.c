@@ -309,6 +309,57 @@ TEST(hostile_unknown_query_parameters_are_400_naming_the_parameter)
 	server_stop(&s);
 }
 
+/* ?chunksize alone, without "=", was taken as absent: the batch went in with
+ * the default chunk size while ?chunksize= was a 400. A parameter without a
+ * value is an empty one: the same 400, the same message, nothing done. */
+TEST(hostile_query_parameters_without_a_value_are_refused_as_empty_ones)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[2]]}");
+	json_decref(wait_batch(&s, id, 30));
+	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
+	static const struct {
+		const char *method, *path, *body;
+		int ndjson;
+	} cases[] = {
+	    {"POST", "/v1/batches?task=square&chunksize", "[1]\n", 1},
+	    {"POST", "/v1/batches?task", "[1]\n", 1},
+	    {"POST", "/v1/batches?task=square&timeout", "[1]\n", 1},
+	    {"POST", "/v1/batches?task=square&retries", "[1]\n", 1},
+	    {"POST", "/v1/batches?task=square&wait", "[1]\n", 1},
+	    {"POST", "/v1/batches?wait", "{\"task\":\"square\",\"items\":[[1]]}", 0},
+	    {"GET", "/v1/batches?limit", NULL, 0},
+	    {"GET", "/v1/batches/1?wait", NULL, 0},
+	    {"GET", "/v1/batches/1?until", NULL, 0},
+	    {"DELETE", "/v1/batches/1?purge", NULL, 0},
+	    {"DELETE", "/v1/batches/1?terminate", NULL, 0},
+	    {"GET", "/v1/batches/1/results?order", NULL, 0},
+	    {"GET", "/v1/batches/1/futures/0?wait", NULL, 0},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		char empty[256];
+		snprintf(empty, sizeof empty, "%s=", cases[i].path);
+		struct resp r = reqh(&s, cases[i].method, cases[i].path, cases[i].body,
+				     cases[i].ndjson ? nd : NULL);
+		struct resp e = reqh(&s, cases[i].method, empty, cases[i].body, cases[i].ndjson ? nd : NULL);
+		if (r.status != 400 || !r.json)
+			FAILF("%s %s: status %ld: %.300s", cases[i].method, cases[i].path, (long)r.status, r.body);
+		CHECK_INT(e.status, 400);
+		CHECK_STR(jstr(jget(r.json, "error"), "code"), "invalid_request");
+		CHECK_STR(jstr(jget(r.json, "error"), "message"), jstr(jget(e.json, "error"), "message"));
+		resp_free(&r);
+		resp_free(&e);
+	}
+	/* Nothing was stored, cancelled or purged. */
+	CHECK_INT(batches_stored(&s), 1);
+	struct resp r = req(&s, "GET", "/v1/batches/1/results", NULL);
+	CHECK_INT(r.status, 200);
+	CHECK_CONTAINS(r.body, "\"result\":4");
+	resp_free(&r);
+	server_stop(&s);
+}
+
 TEST(hostile_bodies_over_max_body_are_413_announced_or_chunked)
 {
 	struct server s;
