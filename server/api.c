@@ -70,12 +70,19 @@ static const char *const Q_DELETE[] = {"terminate", "purge", NULL};
 static const char *const Q_RESULTS[] = {"order", "after", "limit", "timeout", "heartbeat", NULL};
 static const char *const Q_FUTURE[] = {"wait", NULL};
 
-/* 0 if every query parameter is one of allowed, else -1 (answered 400). */
+/* 0 if every query parameter is one of allowed, given once, else -1
+ * (answered 400). */
 static int query_known(struct http_req *r, const char *const *allowed)
 {
-	const char *bad = http_query_unknown(r, allowed);
+	enum http_query_fault fault;
+	const char *bad = http_query_check(r, allowed, &fault);
 	if (!bad)
 		return 0;
+	if (fault == HTTP_QUERY_REPEATED) {
+		http_error(r, 400, "invalid_request",
+			   "query parameter \"%s\" is given more than once; give it once", bad);
+		return -1;
+	}
 	struct buf names = {0};
 	for (const char *const *a = allowed; *a; a++)
 		buf_printf(&names, "%s%s", a == allowed ? "" : ", ", *a);

@@ -10,6 +10,7 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -426,28 +427,44 @@ const char *http_query(const struct http_req *r, const char *key)
 		return NULL;
 	return v ? v : "";
 }
-struct unknown_scan {
+struct query_scan {
 	const char *const *allowed;
-	const char *found;
+	uint64_t seen; /* bit i: allowed[i] was given */
+	const char *name;
+	enum http_query_fault fault;
 };
 
 static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char *key,
 				  const char *value)
 {
 	(void)kind, (void)value;
-	struct unknown_scan *u = cls;
-	for (const char *const *a = u->allowed; *a; a++)
-		if (!strcmp(*a, key))
-			return MHD_YES;
-	u->found = key;
+	struct query_scan *q = cls;
+	q->name = key;
+	for (int i = 0; q->allowed[i]; i++) {
+		if (strcmp(q->allowed[i], key))
+			continue;
+		/* Only the first would be read (http_query): the others
+		 * would be dropped unseen. */
+		if (q->seen & (UINT64_C(1) << i)) {
+			q->fault = HTTP_QUERY_REPEATED;
+			return MHD_NO;
+		}
+		q->seen |= UINT64_C(1) << i;
+		return MHD_YES;
+	}
+	q->fault = HTTP_QUERY_UNKNOWN;
 	return MHD_NO;
 }
 
-const char *http_query_unknown(const struct http_req *r, const char *const *allowed)
+const char *http_query_check(const struct http_req *r, const char *const *allowed,
+			     enum http_query_fault *fault)
 {
-	struct unknown_scan u = {.allowed = allowed};
-	MHD_get_connection_values(r->con, MHD_GET_ARGUMENT_KIND, scan_query, &u);
-	return u.found;
+	struct query_scan q = {.allowed = allowed};
+	for (int i = 0; allowed[i]; i++)
+		assert(i < 64); /* a bit each in q.seen */
+	MHD_get_connection_values(r->con, MHD_GET_ARGUMENT_KIND, scan_query, &q);
+	*fault = q.fault;
+	return q.fault ? q.name : NULL;
 }
 
 const char *http_header(const struct http_req *r, const char *key)

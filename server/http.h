@@ -57,9 +57,16 @@ const char *http_path(const struct http_req *r);
 /* A query parameter's value: NULL when it is absent, "" when it has none
  * (?key is ?key=). */
 const char *http_query(const struct http_req *r, const char *key);
-/* The first query parameter whose name is not in allowed (a NULL-terminated
- * list), or NULL when every one is known. */
-const char *http_query_unknown(const struct http_req *r, const char *const *allowed);
+/* Checks the query against allowed (a NULL-terminated list of at most 64
+ * names): NULL when every parameter is one of them, each given once; else
+ * the first that is not, with *fault saying why. */
+enum http_query_fault {
+	HTTP_QUERY_OK,
+	HTTP_QUERY_UNKNOWN,  /* not in allowed */
+	HTTP_QUERY_REPEATED, /* given more than once */
+};
+const char *http_query_check(const struct http_req *r, const char *const *allowed,
+			     enum http_query_fault *fault);
 const char *http_header(const struct http_req *r, const char *key);
 const char *http_body(const struct http_req *r, size_t *len);
 enum http_wake http_woken(const struct http_req *r);

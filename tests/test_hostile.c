@@ -360,6 +360,49 @@ TEST(hostile_query_parameters_without_a_value_are_refused_as_empty_ones)
 	server_stop(&s);
 }
 
+/* ?task=square&task=echo ran square: the first of a repeated parameter won
+ * and the rest were dropped unseen. Which one the client meant is not for
+ * the server to guess: a repeat is a 400 naming the parameter. */
+TEST(hostile_a_query_parameter_given_twice_is_refused_naming_it)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[2]]}");
+	json_decref(wait_batch(&s, id, 30));
+	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
+	static const struct {
+		const char *method, *path, *body, *param;
+		int ndjson;
+	} cases[] = {
+	    {"POST", "/v1/batches?task=square&task=echo", "[1]\n", "task", 1},
+	    {"POST", "/v1/batches?task=square&chunksize=1&chunksize=2", "[1]\n", "chunksize", 1},
+	    {"POST", "/v1/batches?wait=1&wait=2", "{\"task\":\"square\",\"items\":[[1]]}", "wait", 0},
+	    {"GET", "/v1/batches?limit=1&after=5&limit=2", NULL, "limit", 0},
+	    {"GET", "/v1/batches/1?wait&wait", NULL, "wait", 0},
+	    {"DELETE", "/v1/batches/1?purge=true&purge=false", NULL, "purge", 0},
+	    {"GET", "/v1/batches/1/results?order=completed&order=submitted", NULL, "order", 0},
+	    {"GET", "/v1/batches/1/futures/0?wait=0&wait=5", NULL, "wait", 0},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct resp r = reqh(&s, cases[i].method, cases[i].path, cases[i].body,
+				     cases[i].ndjson ? nd : NULL);
+		if (r.status != 400 || !r.json)
+			FAILF("%s %s: status %ld: %.300s", cases[i].method, cases[i].path, (long)r.status, r.body);
+		CHECK_STR(jstr(jget(r.json, "error"), "code"), "invalid_request");
+		char want[96];
+		snprintf(want, sizeof want, "query parameter \"%s\" is given more than once", cases[i].param);
+		CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), want);
+		resp_free(&r);
+	}
+	/* Nothing was stored or purged. */
+	CHECK_INT(batches_stored(&s), 1);
+	struct resp r = req(&s, "GET", "/v1/batches/1/results", NULL);
+	CHECK_INT(r.status, 200);
+	CHECK_CONTAINS(r.body, "\"result\":4");
+	resp_free(&r);
+	server_stop(&s);
+}
+
 TEST(hostile_bodies_over_max_body_are_413_announced_or_chunked)
 {
 	struct server s;
