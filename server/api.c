@@ -83,6 +83,10 @@ static int query_known(struct http_req *r, const char *const *allowed)
 			   "query parameter \"%s\" is given more than once; give it once", bad);
 		return -1;
 	}
+	if (fault == HTTP_QUERY_NUL) {
+		http_error(r, 400, "invalid_request", "query parameter \"%s\" holds a NUL byte (%%00)", bad);
+		return -1;
+	}
 	struct buf names = {0};
 	for (const char *const *a = allowed; *a; a++)
 		buf_printf(&names, "%s%s", a == allowed ? "" : ", ", *a);

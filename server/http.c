@@ -435,11 +435,17 @@ struct query_scan {
 };
 
 static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char *key,
-				  const char *value)
+				  size_t key_size, const char *value, size_t value_size)
 {
-	(void)kind, (void)value;
+	(void)kind;
 	struct query_scan *q = cls;
 	q->name = key;
+	/* %00 decodes to a NUL byte, where every reader of the C string would
+	 * stop: chunksize=1%00 would be read as 1, wait%00x=5 as wait. */
+	if (strlen(key) != key_size) {
+		q->fault = HTTP_QUERY_NUL;
+		return MHD_NO;
+	}
 	for (int i = 0; q->allowed[i]; i++) {
 		if (strcmp(q->allowed[i], key))
 			continue;
@@ -450,6 +456,10 @@ static enum MHD_Result scan_query(void *cls, enum MHD_ValueKind kind, const char
 			return MHD_NO;
 		}
 		q->seen |= UINT64_C(1) << i;
+		if (value && strlen(value) != value_size) {
+			q->fault = HTTP_QUERY_NUL;
+			return MHD_NO;
+		}
 		return MHD_YES;
 	}
 	q->fault = HTTP_QUERY_UNKNOWN;
@@ -462,7 +472,7 @@ const char *http_query_check(const struct http_req *r, const char *const *allowe
 	struct query_scan q = {.allowed = allowed};
 	for (int i = 0; allowed[i]; i++)
 		assert(i < 64); /* a bit each in q.seen */
-	MHD_get_connection_values(r->con, MHD_GET_ARGUMENT_KIND, scan_query, &q);
+	MHD_get_connection_values_n(r->con, MHD_GET_ARGUMENT_KIND, scan_query, &q);
 	*fault = q.fault;
 	return q.fault ? q.name : NULL;
 }

@@ -58,12 +58,13 @@ const char *http_path(const struct http_req *r);
  * (?key is ?key=). */
 const char *http_query(const struct http_req *r, const char *key);
 /* Checks the query against allowed (a NULL-terminated list of at most 64
- * names): NULL when every parameter is one of them, each given once; else
- * the first that is not, with *fault saying why. */
+ * names): NULL when every parameter is one of them, given once, without a
+ * NUL byte; else the first that is not, with *fault saying why. */
 enum http_query_fault {
 	HTTP_QUERY_OK,
 	HTTP_QUERY_UNKNOWN,  /* not in allowed */
 	HTTP_QUERY_REPEATED, /* given more than once */
+	HTTP_QUERY_NUL,	     /* its name or value holds a NUL byte (%00); the name is cut there */
 };
 const char *http_query_check(const struct http_req *r, const char *const *allowed,
 			     enum http_query_fault *fault);

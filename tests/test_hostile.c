@@ -403,6 +403,47 @@ TEST(hostile_a_query_parameter_given_twice_is_refused_naming_it)
 	server_stop(&s);
 }
 
+/* %00 decodes to a NUL byte, and a C string ends there: chunksize=1%00 was
+ * read as 1, purge=true%00 purged, wait%00x=1 passed as wait. A NUL in a
+ * parameter's name or value is a 400 naming it, and nothing is done. */
+TEST(hostile_a_nul_byte_in_a_query_parameter_is_refused)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[2]]}");
+	json_decref(wait_batch(&s, id, 30));
+	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
+	static const struct {
+		const char *method, *path, *body, *param;
+		int ndjson;
+	} cases[] = {
+	    {"POST", "/v1/batches?task=square&chunksize=1%00", "[1]\n", "chunksize", 1},
+	    {"POST", "/v1/batches?task=square%00x", "[1]\n", "task", 1},
+	    {"POST", "/v1/batches?wait=1%002", "{\"task\":\"square\",\"items\":[[1]]}", "wait", 0},
+	    {"GET", "/v1/batches/1?wait%00x=1", NULL, "wait", 0},
+	    {"DELETE", "/v1/batches/1?purge=true%00", NULL, "purge", 0},
+	    {"GET", "/v1/batches/1/results?order=completed%00", NULL, "order", 0},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct resp r = reqh(&s, cases[i].method, cases[i].path, cases[i].body,
+				     cases[i].ndjson ? nd : NULL);
+		if (r.status != 400 || !r.json)
+			FAILF("%s %s: status %ld: %.300s", cases[i].method, cases[i].path, (long)r.status, r.body);
+		CHECK_STR(jstr(jget(r.json, "error"), "code"), "invalid_request");
+		char want[96];
+		snprintf(want, sizeof want, "query parameter \"%s\" holds a NUL byte", cases[i].param);
+		CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), want);
+		resp_free(&r);
+	}
+	/* Nothing was stored or purged. */
+	CHECK_INT(batches_stored(&s), 1);
+	struct resp r = req(&s, "GET", "/v1/batches/1/results", NULL);
+	CHECK_INT(r.status, 200);
+	CHECK_CONTAINS(r.body, "\"result\":4");
+	resp_free(&r);
+	server_stop(&s);
+}
+
 TEST(hostile_bodies_over_max_body_are_413_announced_or_chunked)
 {
 	struct server s;
