@@ -102,6 +102,14 @@ static int query_known(struct http_req *r, const char *const *allowed)
 	return -1;
 }
 
+/* Whether v is written in decimal: digits and a sign, and for a real a
+ * point and an exponent (strtod then checks the form). strtod also reads
+ * hex (0x10, 0x1p4), inf and nan, and it and strtoll skip leading blanks. */
+static int decimal(const char *v, int real)
+{
+	return *v && v[strspn(v, real ? "0123456789+-.eE" : "0123456789+-")] == '\0';
+}
+
 /* Parses a query parameter as a number in [min, max]. 1: set, 0: absent,
  * -1: invalid (answered with 400). */
 static int query_num(struct http_req *r, const char *key, double min, double max, double *out)
@@ -112,7 +120,7 @@ static int query_num(struct http_req *r, const char *key, double min, double max
 	char *end;
 	errno = 0;
 	double d = strtod(v, &end);
-	if (!*v || *end || errno || !isfinite(d) || d < min || d > max) {
+	if (!decimal(v, 1) || *end || errno || !isfinite(d) || d < min || d > max) {
 		http_error(r, 400, "invalid_request", "query parameter %s must be a number from %g to %g, got \"%s\"",
 			   key, min, max, v);
 		return -1;
@@ -129,7 +137,7 @@ static int query_int(struct http_req *r, const char *key, int64_t min, int64_t m
 	char *end;
 	errno = 0;
 	long long n = strtoll(v, &end, 10);
-	if (!*v || *end || errno || n < min || n > max) {
+	if (!decimal(v, 0) || *end || errno || n < min || n > max) {
 		http_error(r, 400, "invalid_request",
 			   "query parameter %s must be an integer from %lld to %lld, got \"%s\"", key,
 			   (long long)min, (long long)max, v);

@@ -444,6 +444,56 @@ TEST(hostile_a_nul_byte_in_a_query_parameter_is_refused)
 	server_stop(&s);
 }
 
+/* Numbers in the query were read with strtod and strtoll, which also take
+ * hex (timeout=0x10 was 16 s), inf and nan, and skip leading blanks. Only
+ * decimal numbers are taken now. */
+TEST(hostile_query_numbers_are_decimal_only)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[2]]}");
+	json_decref(wait_batch(&s, id, 30));
+	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
+	static const char *const nds[] = {"Accept: application/x-ndjson", NULL};
+	static const char *const sse[] = {"Accept: text/event-stream", NULL};
+	static const struct {
+		const char *method, *path, *body, *param;
+		const char *const *headers;
+	} cases[] = {
+	    {"POST", "/v1/batches?task=square&timeout=0x10", "[1]\n", "timeout", nd},
+	    {"POST", "/v1/batches?task=square&wait=0x1p-2", "[1]\n", "wait", nd},
+	    {"POST", "/v1/batches?task=square&timeout=%201", "[1]\n", "timeout", nd},
+	    {"POST", "/v1/batches?task=square&chunksize=%201", "[1]\n", "chunksize", nd},
+	    {"POST", "/v1/batches?wait=0x10", "{\"task\":\"square\",\"items\":[[1]]}", "wait", NULL},
+	    {"GET", "/v1/batches/1?wait=0X1", NULL, "wait", NULL},
+	    {"GET", "/v1/batches/1?wait=infinity", NULL, "wait", NULL},
+	    {"GET", "/v1/batches/1/futures/0?wait=0x0", NULL, "wait", NULL},
+	    {"GET", "/v1/batches/1/results?timeout=0x1", NULL, "timeout", nds},
+	    {"GET", "/v1/batches/1/results?heartbeat=0x1", NULL, "heartbeat", sse},
+	    {"GET", "/v1/batches?limit=%205", NULL, "limit", NULL},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct resp r = reqh(&s, cases[i].method, cases[i].path, cases[i].body, cases[i].headers);
+		if (r.status != 400 || !r.json)
+			FAILF("%s %s: status %ld: %.300s", cases[i].method, cases[i].path, (long)r.status, r.body);
+		CHECK_STR(jstr(jget(r.json, "error"), "code"), "invalid_request");
+		char want[96];
+		snprintf(want, sizeof want, "query parameter %s must be", cases[i].param);
+		CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), want);
+		resp_free(&r);
+	}
+	CHECK_INT(batches_stored(&s), 1);
+	/* Decimal numbers, with a fraction or an exponent, still do. */
+	struct resp r = reqh(&s, "POST", "/v1/batches?task=square&timeout=1e-3&wait=0.5&chunksize=1", "[3]\n", nd);
+	CHECK_INT(r.status, 201);
+	CHECK(json_real_value(jget(r.json, "timeout")) == 1e-3);
+	resp_free(&r);
+	r = req(&s, "GET", "/v1/batches/1?wait=.5", NULL);
+	CHECK_INT(r.status, 200);
+	resp_free(&r);
+	server_stop(&s);
+}
+
 TEST(hostile_bodies_over_max_body_are_413_announced_or_chunked)
 {
 	struct server s;
