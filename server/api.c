@@ -67,12 +67,20 @@ static const char *const Q_POST_NDJSON[] = {"task", "chunksize", "timeout", "ret
 static const char *const Q_LIST[] = {"limit", "after", NULL};
 static const char *const Q_BATCH[] = {"wait", "until", NULL};
 static const char *const Q_DELETE[] = {"terminate", "purge", NULL};
-static const char *const Q_RESULTS[] = {"order", "after", "limit", "timeout", "heartbeat", NULL};
+/* The results as a JSON page, or as a stream: a stream is the rest of the
+ * batch from a cursor, which a limit would cut short only for the client to
+ * ask again (an SSE client at once, with Last-Event-ID); a page does not
+ * wait, so it has no timeout or heartbeat; NDJSON has no comment line to
+ * send as a heartbeat. */
+static const char *const Q_RESULTS[] = {"order", "after", "limit", NULL};
+static const char *const Q_NDJSON_STREAM[] = {"order", "after", "timeout", NULL};
+static const char *const Q_SSE_STREAM[] = {"order", "after", "timeout", "heartbeat", NULL};
 static const char *const Q_FUTURE[] = {"wait", NULL};
 
 /* 0 if every query parameter is one of allowed, given once, else -1
- * (answered 400). */
-static int query_known(struct http_req *r, const char *const *allowed)
+ * (answered 400). as says which form of the route allowed is for ("" or
+ * " as an NDJSON stream"). */
+static int query_known_as(struct http_req *r, const char *const *allowed, const char *as)
 {
 	enum http_query_fault fault;
 	const char *bad = http_query_check(r, allowed, &fault);
@@ -92,14 +100,19 @@ static int query_known(struct http_req *r, const char *const *allowed)
 		buf_printf(&names, "%s%s", a == allowed ? "" : ", ", *a);
 	if (*allowed)
 		http_error(r, 400, "invalid_request",
-			   "unknown query parameter \"%s\" for %s %s (it takes: %s)", bad,
-			   http_method(r), http_path(r), names.data);
+			   "unknown query parameter \"%s\" for %s %s%s (it takes: %s)", bad,
+			   http_method(r), http_path(r), as, names.data);
 	else
 		http_error(r, 400, "invalid_request",
-			   "unknown query parameter \"%s\": %s %s takes none", bad, http_method(r),
-			   http_path(r));
+			   "unknown query parameter \"%s\": %s %s%s takes none", bad, http_method(r),
+			   http_path(r), as);
 	buf_free(&names);
 	return -1;
+}
+
+static int query_known(struct http_req *r, const char *const *allowed)
+{
+	return query_known_as(r, allowed, "");
 }
 
 /* Whether v is written in decimal: digits and a sign, and for a real a
@@ -314,15 +327,18 @@ static void on_result(void *arg, const struct future *f)
 
 static void get_results(struct http_req *r, int64_t id)
 {
+	const char *accept = http_header(r, "Accept");
+	int ndjson = accept && strstr(accept, "application/x-ndjson");
+	int sse = !ndjson && accept && strstr(accept, "text/event-stream");
+	if (query_known_as(r, ndjson ? Q_NDJSON_STREAM : sse ? Q_SSE_STREAM : Q_RESULTS,
+			   ndjson ? " as an NDJSON stream" : sse ? " as an SSE stream" : "") < 0)
+		return;
 	struct batch b;
 	int found = store_batch_get(C.store, id, &b);
 	if (found < 0)
 		return db_error(r);
 	if (!found)
 		return http_error(r, 404, "not_found", "there is no batch %lld", (long long)id);
-	const char *accept = http_header(r, "Accept");
-	int ndjson = accept && strstr(accept, "application/x-ndjson");
-	int sse = !ndjson && accept && strstr(accept, "text/event-stream");
 	const char *order = http_query(r, "order");
 	int completed = ndjson || sse; /* streams default to as_completed */
 	if (order && !strcmp(order, "completed"))
@@ -900,9 +916,7 @@ void api_handle(struct http_req *r)
 		if (!strcmp(slash, "/results")) {
 			if (!get)
 				return not_allowed(r, "GET, HEAD");
-			if (query_known(r, Q_RESULTS) < 0)
-				return;
-			return get_results(r, id);
+			return get_results(r, id); /* its query depends on Accept */
 		}
 		static const char fut[] = "/futures/";
 		if (!strncmp(slash, fut, sizeof fut - 1)) {

@@ -230,6 +230,7 @@ TEST_T(openapi_real_answers_match_the_documented_schemas, 180)
 	call0(&s, BR, "GET", B "/1/results?order=sideways", NULL, auth, 400);
 	call0(&s, BR, "GET", B "/99/results", NULL, auth, 404);
 	call0(&s, BR, "GET", B "/1/results?order=submitted", NULL, stream, 200);
+	call0(&s, BR, "GET", B "/1/results?limit=2", NULL, stream, 400);
 	call0(&s, BF, "GET", B "/1/futures/0", NULL, auth, 200);
 	call0(&s, BF, "GET", B "/1/futures/1?wait=5", NULL, auth, 200); /* failed */
 	call0(&s, BF, "GET", B "/1/futures/9", NULL, auth, 404);

@@ -317,6 +317,57 @@ TEST(stream_timeout_ends_it_and_says_so)
 	server_stop(&s);
 }
 
+/* limit was taken and ignored by a stream, which writes the rest of the
+ * batch from its cursor; timeout and heartbeat were ignored by a JSON page.
+ * Each form of the results refuses the parameters that it would ignore. */
+TEST(stream_refuses_limit_and_a_page_refuses_timeout_and_heartbeat)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[1],[2],[3]]}");
+	json_decref(wait_batch(&s, id, 30));
+	static const char *const ndjson[] = {"Accept: application/x-ndjson", NULL};
+	static const char *const sse[] = {"Accept: text/event-stream", NULL};
+	static const struct {
+		const char *query, *param;
+		const char *const *headers;
+	} refused[] = {
+	    {"?limit=1", "limit", ndjson},
+	    {"?order=submitted&limit=1", "limit", sse},
+	    {"?heartbeat=1", "heartbeat", ndjson},
+	    {"?timeout=1", "timeout", NULL},
+	    {"?heartbeat=1", "heartbeat", NULL},
+	};
+	for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+		char path[128];
+		snprintf(path, sizeof path, "/v1/batches/%lld/results%s", (long long)id, refused[i].query);
+		struct resp r = reqh(&s, "GET", path, NULL, refused[i].headers);
+		if (r.status != 400 || !r.json)
+			FAILF("%s (%s): status %ld: %.300s", path,
+			      refused[i].headers ? refused[i].headers[0] : "JSON", r.status, r.body);
+		CHECK_STR(jstr(jget(r.json, "error"), "code"), "invalid_request");
+		char want[64];
+		snprintf(want, sizeof want, "unknown query parameter \"%s\"", refused[i].param);
+		CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), want);
+		resp_free(&r);
+	}
+	/* What each form takes. */
+	struct resp r = reqh(&s, "GET", path_of("/v1/batches/%lld/results?order=completed&after=-1&timeout=5", id),
+			     NULL, ndjson);
+	CHECK_INT(r.status, 200);
+	CHECK_INT(strlen(r.body) > 0 && r.body[strlen(r.body) - 1] == '\n', 1);
+	resp_free(&r);
+	r = reqh(&s, "GET", path_of("/v1/batches/%lld/results?timeout=5&heartbeat=1", id), NULL, sse);
+	CHECK_INT(r.status, 200);
+	CHECK_CONTAINS(r.body, "event: done");
+	resp_free(&r);
+	r = req(&s, "GET", path_of("/v1/batches/%lld/results?order=submitted&after=0&limit=1", id), NULL);
+	CHECK_INT(r.status, 200);
+	CHECK_INT(json_array_size(jget(r.json, "results")), 1);
+	resp_free(&r);
+	server_stop(&s);
+}
+
 TEST(stream_a_client_that_leaves_is_noticed_at_once)
 {
 	struct server s;
