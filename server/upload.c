@@ -127,7 +127,12 @@ static void sink(struct http_req *r, const char *data, size_t len)
 	while (len && !u->failed) {
 		const char *nl = memchr(data, '\n', len);
 		size_t n = nl ? (size_t)(nl - data) : len;
-		if (u->part.len + n > MAX_LINE) {
+		/* The "\r" of a "\r\n" ending is not the line's (take_line drops
+		 * it): held at the end, alone or with its "\n" yet to come, it
+		 * is allowed past the limit. */
+		size_t held = u->part.len + n;
+		char last = n ? data[n - 1] : held ? u->part.data[u->part.len - 1] : 0;
+		if (held - (last == '\r') > MAX_LINE) {
 			u->line++;
 			return fail(r, u, 413, "payload_too_large", "the line is longer than 1 MiB");
 		}

@@ -157,6 +157,81 @@ TEST(ndjson_is_streamed_past_the_body_limit)
 	server_stop(&s);
 }
 
+/* A line of n bytes: [1] with blanks inside up to n, for square. */
+static void padded_line(struct buf *b, size_t n)
+{
+	buf_adds(b, "[1");
+	for (size_t i = 3; i < n; i++)
+		buf_addc(b, ' ');
+	buf_addc(b, ']');
+}
+
+static void write_all(int fd, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t k = write(fd, p, n);
+		if (k <= 0)
+			FAILF("write failed");
+		p += k;
+		n -= (size_t)k;
+	}
+}
+
+/* The 1 MiB limit is on a line's text, and "\r\n" ends a line as "\n"
+ * does: a line of exactly 1 MiB was accepted with "\n" and refused (413)
+ * with "\r\n", its "\r" counted as part of it. The "\r" may also end one
+ * piece of the body and the "\n" start the next; chunked encoding puts
+ * them there for sure (MHD hands over a chunk's end by itself). */
+TEST(ndjson_a_1_mib_line_fits_with_a_crlf_ending_too)
+{
+	struct server s;
+	server_start(&s, "--workers", "1", NULL);
+	struct buf b = {0};
+	padded_line(&b, 1 << 20);
+	buf_adds(&b, "\r\n[2]\r\n");
+	buf_addc(&b, '\0');
+	struct resp r = post_ndjson(&s, "?task=square", b.data);
+	if (r.status != 201)
+		FAILF("a 1 MiB line with CRLF: %ld %.300s", r.status, r.body);
+	CHECK_INT(jint(r.json, "size"), 2);
+	resp_free(&r);
+	/* A byte more is over, CRLF or not. */
+	buf_reset(&b);
+	padded_line(&b, (1 << 20) + 1);
+	buf_adds(&b, "\r\n");
+	buf_addc(&b, '\0');
+	r = post_ndjson(&s, "?task=square", b.data);
+	CHECK_INT(r.status, 413);
+	CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), "line 1: the line is longer than 1 MiB");
+	resp_free(&r);
+	/* The "\r" at the end of a chunk, the "\n" at the start of the next. */
+	buf_reset(&b);
+	padded_line(&b, 1 << 20);
+	size_t line = b.len;
+	char head[512];
+	int n = snprintf(head, sizeof head,
+			 "POST /v1/batches?task=square HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+			 "Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n%zx\r\n",
+			 line + 1);
+	int fd = raw_connect(&s);
+	write_all(fd, head, (size_t)n);
+	write_all(fd, b.data, line);
+	static const char rest[] = "\r\r\n6\r\n\n[2]\r\n\r\n0\r\n\r\n";
+	write_all(fd, rest, sizeof rest - 1);
+	char got[4096];
+	size_t len = 0;
+	ssize_t k;
+	while (len < sizeof got - 1 && (k = read(fd, got + len, sizeof got - 1 - len)) > 0)
+		len += (size_t)k;
+	got[len] = '\0';
+	close(fd);
+	if (strncmp(got, "HTTP/1.1 201", 12))
+		FAILF("chunked, the CR ending a chunk: %.400s", got);
+	CHECK_CONTAINS(got, "\"size\":2");
+	buf_free(&b);
+	server_stop(&s);
+}
+
 /* Sends the headers of an upload and part of its body on a raw socket. */
 static int start_upload(const struct server *s, int total, int lines_sent)
 {
