@@ -201,7 +201,7 @@ TEST_T(openapi_real_answers_match_the_documented_schemas, 180)
 	call0(&s, B, "POST", B, "{\"task\":\"fail_if\",\"items\":[[1,2],[2,2],[3,2]],\"chunksize\":1}", auth, 201);
 	call0(&s, B, "POST", B "?wait=30", "{\"task\":\"power\",\"items\":[[2,100],[3,5]],\"timeout\":10}", auth,
 	      201);
-	call0(&s, B, "POST", B "?task=square", "[4]\n[5]\n[6]\n", ndjson, 201);
+	call0(&s, B, "POST", B "?task=square&retries=1", "[4]\n[5]\n[6]\n", ndjson, 201);
 	call0(&s, B, "POST", B, "{\"task\":", auth, 400);
 	call0(&s, B, "POST", B, "{\"task\":\"square\",\"items\":[[1]],\"chunk_size\":3}", auth, 400);
 	call0(&s, B, "POST", B, "{\"task\":\"square\",\"items\":[[1]]}", text, 415);
