@@ -803,6 +803,9 @@ static int delete_rows(struct store *s, int64_t batch, int upload);
 static int submission_undo(struct store *s, int64_t batch, const char *key)
 {
 	store_forget(s, batch); /* its cached row, fresh segments and kept rows */
+	/* Nobody saw its id (it was never queued, so no chunk of it went out):
+	 * the next batch has it, not a gap. */
+	s->next_id = batch;
 	if (s->lost)
 		return 0; /* all of the transaction goes anyway */
 	sqlite3_stmt *st = key ? prepare(s, "DELETE FROM idempotency WHERE key = ?1") : NULL;

@@ -157,9 +157,10 @@ struct store {
 	} resume;
 	int64_t submitting; /* the batch between store_batch_begin and _end */
 	char *submit_key;   /* its Idempotency-Key, once stored (store_idem_put) */
-	int64_t next_id;    /* the id the next batch gets; 0: read it (next_id). Never
-			     * lowered: an id is given once by a process, even
-			     * when the batch that had it was taken back */
+	int64_t next_id;    /* the id the next batch gets; 0: read it (next_id). Not
+			     * lowered when a transaction is lost: the pool may
+			     * hold chunks of the batches it took back, so their
+			     * ids are not given again by this process */
 	struct buf scratch; /* an items blob being written */
 	/* The latest small arguments row and outcome group written of a
 	 * batch, direct-mapped by id (kept_put, kept_get): the claim of a
