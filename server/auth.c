@@ -55,7 +55,13 @@ static char *read_token_file(const char *path, size_t *len)
 	if (!buf)
 		abort();
 	size_t n = fread(buf, 1, TOKEN_MAX + 1, f);
+	int err = ferror(f) ? errno : 0; /* a directory opens, then reads EISDIR */
 	fclose(f);
+	if (err) {
+		log_error("config", "msg=\"--token-file %s: %s\"", path, strerror(err));
+		free(buf);
+		return NULL;
+	}
 	/* The token is the file's first line; trailing whitespace (an editor's
 	 * newline, a CR) is not part of it. */
 	char *nl = memchr(buf, '\n', n);
@@ -91,10 +97,23 @@ int auth_init(const char *token_file, int protect_metrics)
 		A.len = strlen(env);
 		snprintf(from, sizeof from, "FORKPOOL_TOKEN");
 	}
-	/* Workers inherit the environment; they have no use for the token. */
+	/* Workers inherit the environment; they have no use for the token. And
+	 * the value is wiped where it lies first: unsetenv only drops the
+	 * pointer, and the block the server was started with stays readable
+	 * in /proc/PID/environ, by any task running as the same user. */
+	char *raw = getenv("FORKPOOL_TOKEN");
+	if (raw)
+		explicit_bzero(raw, strlen(raw));
 	unsetenv("FORKPOOL_TOKEN");
 	if (A.token && !token_ok(A.token, A.len, from)) {
 		auth_free();
+		return -1;
+	}
+	if (protect_metrics && !A.token) {
+		/* Otherwise /metrics would stay open while the operator thinks
+		 * it is guarded. */
+		log_error("config", "msg=\"--protect-metrics needs a token (--token-file or "
+				    "FORKPOOL_TOKEN): there is none to protect /metrics with\"");
 		return -1;
 	}
 	if (A.token)

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -206,6 +207,15 @@ TEST(auth_token_from_the_environment_works_and_workers_do_not_inherit_it)
 	env[n] = '\0';
 	CHECK(strstr(env, "FORKPOOL_TOKEN") == NULL);
 	CHECK(strstr(env, TOKEN) == NULL);
+	/* Nor can a task read it from the server's own /proc/PID/environ, the
+	 * block the server was started with (unsetenv alone leaves it there). */
+	snprintf(path, sizeof path, "/proc/%d/environ", (int)s.pid);
+	f = fopen(path, "r");
+	CHECK(f);
+	n = fread(env, 1, sizeof env - 1, f);
+	fclose(f);
+	env[n] = '\0';
+	CHECK(memmem(env, n, TOKEN, strlen(TOKEN)) == NULL);
 	server_stop(&s);
 }
 
@@ -291,4 +301,12 @@ TEST(auth_bad_tokens_stop_the_server_at_start_with_the_reason)
 	const char *both[] = {"--token-file", "token", "--db", "x.db", NULL};
 	CHECK_INT(run_refused(out, sizeof out, both), 2);
 	CHECK_CONTAINS(out, "give the token one way only");
+	unsetenv("FORKPOOL_TOKEN");
+	const char *unguarded[] = {"--protect-metrics", "--db", "x.db", NULL};
+	CHECK_INT(run_refused(out, sizeof out, unguarded), 2);
+	CHECK_CONTAINS(out, "--protect-metrics needs a token");
+	mkdir("tokdir", 0755);
+	const char *dir[] = {"--token-file", "tokdir", "--db", "x.db", NULL};
+	CHECK_INT(run_refused(out, sizeof out, dir), 2);
+	CHECK_CONTAINS(out, "Is a directory");
 }
