@@ -118,24 +118,26 @@ int retention_parse(const char *v, int64_t *ms)
 		*ms = -1;
 		return 0;
 	}
+	/* A decimal number and its unit, both required: a bare "7" beside a
+	 * default of 7d would be 7 seconds, and "0" would read as "at once"
+	 * while meaning "off" (say off). */
+	size_t digits = strspn(v, "0123456789.");
+	if (digits == 0 || !v[digits] || v[digits + 1])
+		return -1;
 	char *end;
 	double n = strtod(v, &end);
-	if (end == v || !(n >= 0) || n > 1e9)
+	if (end != v + digits || !(n > 0) || n > 1e9)
 		return -1;
-	double unit = 1000;
-	if (*end) {
-		switch (*end) {
-		case 's': unit = 1000; break;
-		case 'm': unit = 60e3; break;
-		case 'h': unit = 3600e3; break;
-		case 'd': unit = 86400e3; break;
-		case 'w': unit = 7 * 86400e3; break;
-		default: return -1;
-		}
-		if (end[1])
-			return -1;
+	double unit;
+	switch (v[digits]) {
+	case 's': unit = 1000; break;
+	case 'm': unit = 60e3; break;
+	case 'h': unit = 3600e3; break;
+	case 'd': unit = 86400e3; break;
+	case 'w': unit = 7 * 86400e3; break;
+	default: return -1;
 	}
-	*ms = n == 0 ? -1 : (int64_t)(n * unit);
+	*ms = (int64_t)(n * unit);
 	if (*ms == 0)
 		*ms = 1;
 	return 0;

@@ -92,14 +92,16 @@ TEST(retention_parses_durations_with_units_and_off)
 	CHECK_INT(ms, RETENTION_DEFAULT_MS);
 	CHECK_INT(retention_parse("2w", &ms), 0);
 	CHECK_INT(ms, 14 * 86400000LL);
-	CHECK_INT(retention_parse("45", &ms), 0);
-	CHECK_INT(ms, 45000);
 	CHECK_INT(retention_parse("1.5s", &ms), 0);
 	CHECK_INT(ms, 1500);
 	CHECK_INT(retention_parse("off", &ms), 0);
 	CHECK_INT(ms, -1);
-	CHECK_INT(retention_parse("0", &ms), 0);
+	CHECK_INT(retention_parse("never", &ms), 0);
 	CHECK_INT(ms, -1);
+	/* No unit, no duration: "45" beside a default of 7d, "0" for off. */
+	CHECK_INT(retention_parse("45", &ms), -1);
+	CHECK_INT(retention_parse("0", &ms), -1);
+	CHECK_INT(retention_parse("0s", &ms), -1);
 	CHECK_INT(retention_parse("7 days", &ms), -1);
 	CHECK_INT(retention_parse("-1d", &ms), -1);
 	CHECK_INT(retention_parse("d", &ms), -1);
@@ -140,10 +142,17 @@ TEST(retention_off_keeps_done_batches)
 	server_start(&s, "--workers", "1", "--result-ttl", "off", NULL);
 	CHECK_INT(server_log_count(&s, "event=retention", "result_ttl=off", NULL), 1);
 	server_stop(&s);
-	char out[256];
-	snprintf(out, sizeof out, "%s/forkpoold --result-ttl 7days --db x.db 2>&1 | grep -q 'expected a duration'",
-		 harness_bin_dir());
-	CHECK_INT(system(out), 0);
+	/* A unit is required: a bare 7 beside a default of 7d would be seconds,
+	 * and 0 would read as "at once" (off says off). */
+	static const char *const bad[] = {"7days", "7", "0", "0s", "0x10s", "1e3s", "-1h", "s", "inf"};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		char out[256];
+		snprintf(out, sizeof out,
+			 "%s/forkpoold --result-ttl '%s' --db x.db 2>&1 | grep -q 'expected a duration'",
+			 harness_bin_dir(), bad[i]);
+		if (system(out) != 0)
+			FAILF("--result-ttl %s was not refused", bad[i]);
+	}
 }
 
 TEST(retention_purge_deletes_a_done_batch_at_once)
