@@ -464,10 +464,14 @@ int retention_delete(struct http_req *r, int64_t id)
 		return 1;
 	}
 	if (b.counts[FS_PENDING] + b.counts[FS_RUNNING] > 0) {
+		/* A plain cancel leaves running items to finish: name the one
+		 * that ends them when some are running. */
 		http_error(r, 409, "conflict",
 			   "batch %lld is not done (%lld pending, %lld running): cancel it first "
-			   "(DELETE without purge) or wait for it",
-			   (long long)id, (long long)b.counts[FS_PENDING], (long long)b.counts[FS_RUNNING]);
+			   "(%s) or wait for it",
+			   (long long)id, (long long)b.counts[FS_PENDING], (long long)b.counts[FS_RUNNING],
+			   b.counts[FS_RUNNING] > 0 ? "DELETE ?terminate=true, which stops its running items too"
+						    : "DELETE without purge");
 		return 1;
 	}
 	/* Inside the turn's transaction when one is open (then answered after

@@ -227,6 +227,23 @@ TEST(retention_purge_refuses_a_batch_that_is_not_done_and_a_bad_value)
 	resp_free(&r);
 	CHECK_INT(status_of(&s, "DELETE", "/v1/batches/9?purge=true"), 404);
 	CHECK_INT(status_of(&s, "GET", "/v1/batches/1"), 200);
+	/* Cancelled, with an item still running: the way to end it is named. */
+	int64_t deadline = harness_now_ms() + 10000;
+	for (;;) {
+		r = req(&s, "GET", "/v1/batches/1", NULL);
+		int running = (int)jint(jget(r.json, "counts"), "running");
+		resp_free(&r);
+		if (running == 1)
+			break;
+		if (harness_now_ms() > deadline)
+			FAILF("the first item never ran");
+	}
+	CHECK_INT(status_of(&s, "DELETE", "/v1/batches/1"), 200);
+	r = req(&s, "DELETE", "/v1/batches/1?purge=true", NULL);
+	CHECK_INT(r.status, 409);
+	CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), "(0 pending, 1 running)");
+	CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), "DELETE ?terminate=true");
+	resp_free(&r);
 	server_kill9(&s); /* no need to wait for the sleeps */
 }
 
