@@ -255,54 +255,77 @@ TEST(hostile_bad_bodies_get_a_4xx_json_error_naming_the_problem_and_store_nothin
  * once, ?chunk_size=2 submits with the default chunk size. Every route
  * names the parameters it takes instead, and nothing is stored; those that
  * take none (/healthz and /metrics too) refuse any. */
-TEST(hostile_unknown_query_parameters_are_400_naming_the_parameter)
+/* ---- query parameters ---- */
+
+static const char *const ND_BODY[] = {"Content-Type: application/x-ndjson", NULL};
+
+/* A request the query tests expect refused, and the parameter it names. */
+struct qcase {
+	const char *method, *path, *body, *param;
+	const char *const *headers;
+};
+
+/* A server holding one done batch, 1 (square of 2), for the refusals to
+ * leave untouched. */
+static void start_with_one_batch(struct server *s)
 {
-	struct server s;
-	server_start(&s, "--workers", "1", NULL);
-	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[2]]}");
-	json_decref(wait_batch(&s, id, 30));
-	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
-	static const struct {
-		const char *method, *path, *body, *param;
-		int ndjson;
-	} cases[] = {
-	    {"POST", "/v1/batches?chunk_size=2", "{\"task\":\"square\",\"items\":[[1]]}", "chunk_size", 0},
-	    {"POST", "/v1/batches?task=square", "{\"task\":\"square\",\"items\":[[1]]}", "task", 0},
-	    {"POST", "/v1/batches?task=square&retry=3", "[1]\n", "retry", 1},
-	    {"POST", "/v1/batches?task=square&wiat=5", "[1]\n", "wiat", 1},
-	    {"GET", "/v1/batches?limt=5", NULL, "limt", 0},
-	    {"GET", "/v1/batches/1?wiat=5", NULL, "wiat", 0},
-	    {"DELETE", "/v1/batches/1?purge=true&force=1", NULL, "force", 0},
-	    {"GET", "/v1/batches/1/results?ordr=completed", NULL, "ordr", 0},
-	    {"GET", "/v1/batches/1/futures/0?x", NULL, "x", 0},
-	    {"POST", "/v1/batches/1/futures/0/cancel?terminate=true", NULL, "terminate", 0},
-	    {"GET", "/v1/tasks?x", NULL, "x", 0},
-	    {"GET", "/v1/workers?x=1", NULL, "x", 0},
-	    {"GET", "/healthz?x=1", NULL, "x", 0},
-	    {"GET", "/metrics?x=1", NULL, "x", 0},
-	};
-	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-		struct resp r = reqh(&s, cases[i].method, cases[i].path, cases[i].body,
-				     cases[i].ndjson ? nd : NULL);
+	server_start(s, "--workers", "1", NULL);
+	json_decref(wait_batch(s, submit(s, "{\"task\":\"square\",\"items\":[[2]]}"), 30));
+}
+
+/* Each case is a 400 invalid_request whose message holds want (a format for
+ * the case's parameter). */
+static void expect_refused(const struct server *s, const struct qcase *c, size_t n, const char *want)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct resp r = reqh(s, c[i].method, c[i].path, c[i].body, c[i].headers);
 		if (r.status != 400 || !r.json)
-			FAILF("%s %s: status %ld: %.300s", cases[i].method, cases[i].path, (long)r.status, r.body);
+			FAILF("%s %s: status %ld: %.300s", c[i].method, c[i].path, (long)r.status, r.body);
 		CHECK_STR(jstr(jget(r.json, "error"), "code"), "invalid_request");
-		char want[64];
-		snprintf(want, sizeof want, "unknown query parameter \"%s\"", cases[i].param);
-		CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), want);
+		char msg[128];
+		snprintf(msg, sizeof msg, want, c[i].param);
+		CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), msg);
 		resp_free(&r);
 	}
-	/* Nothing was stored, cancelled or purged. */
-	CHECK_INT(batches_stored(&s), 1);
-	struct resp r = req(&s, "GET", "/v1/batches/1/results", NULL);
+}
+
+/* Nothing was stored, cancelled or purged. */
+static void batch_1_untouched(const struct server *s)
+{
+	CHECK_INT(batches_stored(s), 1);
+	struct resp r = req(s, "GET", "/v1/batches/1/results", NULL);
 	CHECK_INT(r.status, 200);
 	CHECK_CONTAINS(r.body, "\"result\":4");
 	resp_free(&r);
+}
+
+TEST(hostile_unknown_query_parameters_are_400_naming_the_parameter)
+{
+	struct server s;
+	start_with_one_batch(&s);
+	static const struct qcase cases[] = {
+	    {"POST", "/v1/batches?chunk_size=2", "{\"task\":\"square\",\"items\":[[1]]}", "chunk_size", NULL},
+	    {"POST", "/v1/batches?task=square", "{\"task\":\"square\",\"items\":[[1]]}", "task", NULL},
+	    {"POST", "/v1/batches?task=square&retry=3", "[1]\n", "retry", ND_BODY},
+	    {"POST", "/v1/batches?task=square&wiat=5", "[1]\n", "wiat", ND_BODY},
+	    {"GET", "/v1/batches?limt=5", NULL, "limt", NULL},
+	    {"GET", "/v1/batches/1?wiat=5", NULL, "wiat", NULL},
+	    {"DELETE", "/v1/batches/1?purge=true&force=1", NULL, "force", NULL},
+	    {"GET", "/v1/batches/1/results?ordr=completed", NULL, "ordr", NULL},
+	    {"GET", "/v1/batches/1/futures/0?x", NULL, "x", NULL},
+	    {"POST", "/v1/batches/1/futures/0/cancel?terminate=true", NULL, "terminate", NULL},
+	    {"GET", "/v1/tasks?x", NULL, "x", NULL},
+	    {"GET", "/v1/workers?x=1", NULL, "x", NULL},
+	    {"GET", "/healthz?x=1", NULL, "x", NULL},
+	    {"GET", "/metrics?x=1", NULL, "x", NULL},
+	};
+	expect_refused(&s, cases, sizeof cases / sizeof *cases, "unknown query parameter \"%s\"");
+	batch_1_untouched(&s);
 	/* What Docker's HEALTHCHECK and a Prometheus scrape ask (docker/,
 	 * README): no query at all. */
 	static const char *const plain[] = {"/healthz", "/metrics"};
 	for (size_t i = 0; i < sizeof plain / sizeof *plain; i++) {
-		r = req(&s, "GET", plain[i], NULL);
+		struct resp r = req(&s, "GET", plain[i], NULL);
 		CHECK_INT(r.status, 200);
 		resp_free(&r);
 	}
@@ -315,34 +338,30 @@ TEST(hostile_unknown_query_parameters_are_400_naming_the_parameter)
 TEST(hostile_query_parameters_without_a_value_are_refused_as_empty_ones)
 {
 	struct server s;
-	server_start(&s, "--workers", "1", NULL);
-	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[2]]}");
-	json_decref(wait_batch(&s, id, 30));
-	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
+	start_with_one_batch(&s);
 	static const struct {
 		const char *method, *path, *body;
-		int ndjson;
+		const char *const *headers;
 	} cases[] = {
-	    {"POST", "/v1/batches?task=square&chunksize", "[1]\n", 1},
-	    {"POST", "/v1/batches?task", "[1]\n", 1},
-	    {"POST", "/v1/batches?task=square&timeout", "[1]\n", 1},
-	    {"POST", "/v1/batches?task=square&retries", "[1]\n", 1},
-	    {"POST", "/v1/batches?task=square&wait", "[1]\n", 1},
-	    {"POST", "/v1/batches?wait", "{\"task\":\"square\",\"items\":[[1]]}", 0},
-	    {"GET", "/v1/batches?limit", NULL, 0},
-	    {"GET", "/v1/batches/1?wait", NULL, 0},
-	    {"GET", "/v1/batches/1?until", NULL, 0},
-	    {"DELETE", "/v1/batches/1?purge", NULL, 0},
-	    {"DELETE", "/v1/batches/1?terminate", NULL, 0},
-	    {"GET", "/v1/batches/1/results?order", NULL, 0},
-	    {"GET", "/v1/batches/1/futures/0?wait", NULL, 0},
+	    {"POST", "/v1/batches?task=square&chunksize", "[1]\n", ND_BODY},
+	    {"POST", "/v1/batches?task", "[1]\n", ND_BODY},
+	    {"POST", "/v1/batches?task=square&timeout", "[1]\n", ND_BODY},
+	    {"POST", "/v1/batches?task=square&retries", "[1]\n", ND_BODY},
+	    {"POST", "/v1/batches?task=square&wait", "[1]\n", ND_BODY},
+	    {"POST", "/v1/batches?wait", "{\"task\":\"square\",\"items\":[[1]]}", NULL},
+	    {"GET", "/v1/batches?limit", NULL, NULL},
+	    {"GET", "/v1/batches/1?wait", NULL, NULL},
+	    {"GET", "/v1/batches/1?until", NULL, NULL},
+	    {"DELETE", "/v1/batches/1?purge", NULL, NULL},
+	    {"DELETE", "/v1/batches/1?terminate", NULL, NULL},
+	    {"GET", "/v1/batches/1/results?order", NULL, NULL},
+	    {"GET", "/v1/batches/1/futures/0?wait", NULL, NULL},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
 		char empty[256];
 		snprintf(empty, sizeof empty, "%s=", cases[i].path);
-		struct resp r = reqh(&s, cases[i].method, cases[i].path, cases[i].body,
-				     cases[i].ndjson ? nd : NULL);
-		struct resp e = reqh(&s, cases[i].method, empty, cases[i].body, cases[i].ndjson ? nd : NULL);
+		struct resp r = reqh(&s, cases[i].method, cases[i].path, cases[i].body, cases[i].headers);
+		struct resp e = reqh(&s, cases[i].method, empty, cases[i].body, cases[i].headers);
 		if (r.status != 400 || !r.json)
 			FAILF("%s %s: status %ld: %.300s", cases[i].method, cases[i].path, (long)r.status, r.body);
 		CHECK_INT(e.status, 400);
@@ -351,12 +370,7 @@ TEST(hostile_query_parameters_without_a_value_are_refused_as_empty_ones)
 		resp_free(&r);
 		resp_free(&e);
 	}
-	/* Nothing was stored, cancelled or purged. */
-	CHECK_INT(batches_stored(&s), 1);
-	struct resp r = req(&s, "GET", "/v1/batches/1/results", NULL);
-	CHECK_INT(r.status, 200);
-	CHECK_CONTAINS(r.body, "\"result\":4");
-	resp_free(&r);
+	batch_1_untouched(&s);
 	server_stop(&s);
 }
 
@@ -366,40 +380,19 @@ TEST(hostile_query_parameters_without_a_value_are_refused_as_empty_ones)
 TEST(hostile_a_query_parameter_given_twice_is_refused_naming_it)
 {
 	struct server s;
-	server_start(&s, "--workers", "1", NULL);
-	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[2]]}");
-	json_decref(wait_batch(&s, id, 30));
-	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
-	static const struct {
-		const char *method, *path, *body, *param;
-		int ndjson;
-	} cases[] = {
-	    {"POST", "/v1/batches?task=square&task=echo", "[1]\n", "task", 1},
-	    {"POST", "/v1/batches?task=square&chunksize=1&chunksize=2", "[1]\n", "chunksize", 1},
-	    {"POST", "/v1/batches?wait=1&wait=2", "{\"task\":\"square\",\"items\":[[1]]}", "wait", 0},
-	    {"GET", "/v1/batches?limit=1&after=5&limit=2", NULL, "limit", 0},
-	    {"GET", "/v1/batches/1?wait&wait", NULL, "wait", 0},
-	    {"DELETE", "/v1/batches/1?purge=true&purge=false", NULL, "purge", 0},
-	    {"GET", "/v1/batches/1/results?order=completed&order=submitted", NULL, "order", 0},
-	    {"GET", "/v1/batches/1/futures/0?wait=0&wait=5", NULL, "wait", 0},
+	start_with_one_batch(&s);
+	static const struct qcase cases[] = {
+	    {"POST", "/v1/batches?task=square&task=echo", "[1]\n", "task", ND_BODY},
+	    {"POST", "/v1/batches?task=square&chunksize=1&chunksize=2", "[1]\n", "chunksize", ND_BODY},
+	    {"POST", "/v1/batches?wait=1&wait=2", "{\"task\":\"square\",\"items\":[[1]]}", "wait", NULL},
+	    {"GET", "/v1/batches?limit=1&after=5&limit=2", NULL, "limit", NULL},
+	    {"GET", "/v1/batches/1?wait&wait", NULL, "wait", NULL},
+	    {"DELETE", "/v1/batches/1?purge=true&purge=false", NULL, "purge", NULL},
+	    {"GET", "/v1/batches/1/results?order=completed&order=submitted", NULL, "order", NULL},
+	    {"GET", "/v1/batches/1/futures/0?wait=0&wait=5", NULL, "wait", NULL},
 	};
-	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-		struct resp r = reqh(&s, cases[i].method, cases[i].path, cases[i].body,
-				     cases[i].ndjson ? nd : NULL);
-		if (r.status != 400 || !r.json)
-			FAILF("%s %s: status %ld: %.300s", cases[i].method, cases[i].path, (long)r.status, r.body);
-		CHECK_STR(jstr(jget(r.json, "error"), "code"), "invalid_request");
-		char want[96];
-		snprintf(want, sizeof want, "query parameter \"%s\" is given more than once", cases[i].param);
-		CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), want);
-		resp_free(&r);
-	}
-	/* Nothing was stored or purged. */
-	CHECK_INT(batches_stored(&s), 1);
-	struct resp r = req(&s, "GET", "/v1/batches/1/results", NULL);
-	CHECK_INT(r.status, 200);
-	CHECK_CONTAINS(r.body, "\"result\":4");
-	resp_free(&r);
+	expect_refused(&s, cases, sizeof cases / sizeof *cases, "query parameter \"%s\" is given more than once");
+	batch_1_untouched(&s);
 	server_stop(&s);
 }
 
@@ -409,38 +402,17 @@ TEST(hostile_a_query_parameter_given_twice_is_refused_naming_it)
 TEST(hostile_a_nul_byte_in_a_query_parameter_is_refused)
 {
 	struct server s;
-	server_start(&s, "--workers", "1", NULL);
-	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[2]]}");
-	json_decref(wait_batch(&s, id, 30));
-	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
-	static const struct {
-		const char *method, *path, *body, *param;
-		int ndjson;
-	} cases[] = {
-	    {"POST", "/v1/batches?task=square&chunksize=1%00", "[1]\n", "chunksize", 1},
-	    {"POST", "/v1/batches?task=square%00x", "[1]\n", "task", 1},
-	    {"POST", "/v1/batches?wait=1%002", "{\"task\":\"square\",\"items\":[[1]]}", "wait", 0},
-	    {"GET", "/v1/batches/1?wait%00x=1", NULL, "wait", 0},
-	    {"DELETE", "/v1/batches/1?purge=true%00", NULL, "purge", 0},
-	    {"GET", "/v1/batches/1/results?order=completed%00", NULL, "order", 0},
+	start_with_one_batch(&s);
+	static const struct qcase cases[] = {
+	    {"POST", "/v1/batches?task=square&chunksize=1%00", "[1]\n", "chunksize", ND_BODY},
+	    {"POST", "/v1/batches?task=square%00x", "[1]\n", "task", ND_BODY},
+	    {"POST", "/v1/batches?wait=1%002", "{\"task\":\"square\",\"items\":[[1]]}", "wait", NULL},
+	    {"GET", "/v1/batches/1?wait%00x=1", NULL, "wait", NULL},
+	    {"DELETE", "/v1/batches/1?purge=true%00", NULL, "purge", NULL},
+	    {"GET", "/v1/batches/1/results?order=completed%00", NULL, "order", NULL},
 	};
-	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-		struct resp r = reqh(&s, cases[i].method, cases[i].path, cases[i].body,
-				     cases[i].ndjson ? nd : NULL);
-		if (r.status != 400 || !r.json)
-			FAILF("%s %s: status %ld: %.300s", cases[i].method, cases[i].path, (long)r.status, r.body);
-		CHECK_STR(jstr(jget(r.json, "error"), "code"), "invalid_request");
-		char want[96];
-		snprintf(want, sizeof want, "query parameter \"%s\" holds a NUL byte", cases[i].param);
-		CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), want);
-		resp_free(&r);
-	}
-	/* Nothing was stored or purged. */
-	CHECK_INT(batches_stored(&s), 1);
-	struct resp r = req(&s, "GET", "/v1/batches/1/results", NULL);
-	CHECK_INT(r.status, 200);
-	CHECK_CONTAINS(r.body, "\"result\":4");
-	resp_free(&r);
+	expect_refused(&s, cases, sizeof cases / sizeof *cases, "query parameter \"%s\" holds a NUL byte");
+	batch_1_untouched(&s);
 	server_stop(&s);
 }
 
@@ -450,20 +422,14 @@ TEST(hostile_a_nul_byte_in_a_query_parameter_is_refused)
 TEST(hostile_query_numbers_are_decimal_only)
 {
 	struct server s;
-	server_start(&s, "--workers", "1", NULL);
-	int64_t id = submit(&s, "{\"task\":\"square\",\"items\":[[2]]}");
-	json_decref(wait_batch(&s, id, 30));
-	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
+	start_with_one_batch(&s);
 	static const char *const nds[] = {"Accept: application/x-ndjson", NULL};
 	static const char *const sse[] = {"Accept: text/event-stream", NULL};
-	static const struct {
-		const char *method, *path, *body, *param;
-		const char *const *headers;
-	} cases[] = {
-	    {"POST", "/v1/batches?task=square&timeout=0x10", "[1]\n", "timeout", nd},
-	    {"POST", "/v1/batches?task=square&wait=0x1p-2", "[1]\n", "wait", nd},
-	    {"POST", "/v1/batches?task=square&timeout=%201", "[1]\n", "timeout", nd},
-	    {"POST", "/v1/batches?task=square&chunksize=%201", "[1]\n", "chunksize", nd},
+	static const struct qcase cases[] = {
+	    {"POST", "/v1/batches?task=square&timeout=0x10", "[1]\n", "timeout", ND_BODY},
+	    {"POST", "/v1/batches?task=square&wait=0x1p-2", "[1]\n", "wait", ND_BODY},
+	    {"POST", "/v1/batches?task=square&timeout=%201", "[1]\n", "timeout", ND_BODY},
+	    {"POST", "/v1/batches?task=square&chunksize=%201", "[1]\n", "chunksize", ND_BODY},
 	    {"POST", "/v1/batches?wait=0x10", "{\"task\":\"square\",\"items\":[[1]]}", "wait", NULL},
 	    {"GET", "/v1/batches/1?wait=0X1", NULL, "wait", NULL},
 	    {"GET", "/v1/batches/1?wait=infinity", NULL, "wait", NULL},
@@ -472,19 +438,10 @@ TEST(hostile_query_numbers_are_decimal_only)
 	    {"GET", "/v1/batches/1/results?heartbeat=0x1", NULL, "heartbeat", sse},
 	    {"GET", "/v1/batches?limit=%205", NULL, "limit", NULL},
 	};
-	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-		struct resp r = reqh(&s, cases[i].method, cases[i].path, cases[i].body, cases[i].headers);
-		if (r.status != 400 || !r.json)
-			FAILF("%s %s: status %ld: %.300s", cases[i].method, cases[i].path, (long)r.status, r.body);
-		CHECK_STR(jstr(jget(r.json, "error"), "code"), "invalid_request");
-		char want[96];
-		snprintf(want, sizeof want, "query parameter %s must be", cases[i].param);
-		CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), want);
-		resp_free(&r);
-	}
+	expect_refused(&s, cases, sizeof cases / sizeof *cases, "query parameter %s must be");
 	CHECK_INT(batches_stored(&s), 1);
 	/* Decimal numbers, with a fraction or an exponent, still do. */
-	struct resp r = reqh(&s, "POST", "/v1/batches?task=square&timeout=1e-3&wait=0.5&chunksize=1", "[3]\n", nd);
+	struct resp r = reqh(&s, "POST", "/v1/batches?task=square&timeout=1e-3&wait=0.5&chunksize=1", "[3]\n", ND_BODY);
 	CHECK_INT(r.status, 201);
 	CHECK(json_real_value(jget(r.json, "timeout")) == 1e-3);
 	resp_free(&r);
@@ -640,8 +597,7 @@ TEST(hostile_percent_encoded_paths_are_404_not_decoded)
 	r = req(&s, "GET", "/v1/batches/1?w%61it=%30", NULL);
 	CHECK_INT(r.status, 200);
 	resp_free(&r);
-	static const char *const nd[] = {"Content-Type: application/x-ndjson", NULL};
-	r = reqh(&s, "POST", "/v1/batches?task=sq%75are", "[3]\n", nd);
+	r = reqh(&s, "POST", "/v1/batches?task=sq%75are", "[3]\n", ND_BODY);
 	if (r.status != 201)
 		FAILF("POST ?task=sq%%75are: status %ld: %.300s", r.status, r.body);
 	CHECK_STR(jstr(r.json, "task"), "square");
