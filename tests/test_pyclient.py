@@ -163,6 +163,21 @@ class Client(unittest.TestCase):
             with self.assertRaises(APIError):
                 ex.map("square", [1])
 
+    def test_a_token_read_from_a_file_with_its_newline_works(self):
+        # token=open(path).read() keeps the file's newline; the server drops
+        # trailing whitespace from its token file, and so does the client.
+        with ForkpoolExecutor(URL, token=TOKEN + " \r\n") as ex:
+            self.assertEqual(ex.submit("square", 5).result(timeout=10), 25)
+            self.assertEqual(list(ex.map("square", [6])), [36])
+        # What cannot go in a header is refused at once, without the token
+        # in the message.
+        for bad in ("tok en-0123456789abcdef", "token-0123456789\nabcdef", "t\u00f6ken-0123456789"):
+            with self.assertRaises(ValueError) as c:
+                ForkpoolExecutor(URL, token=bad)
+            self.assertNotIn(bad, str(c.exception))
+        with self.assertRaises(TypeError):
+            ForkpoolExecutor(URL, token=TOKEN.encode())
+
     def test_a_refused_results_stream_fails_the_futures_instead_of_retrying(self):
         # The token stops working after the submission (rotated, say): the
         # futures fail with the 401, and shutdown does not wait for ever.

@@ -106,7 +106,7 @@ class _Client:
 
     def __init__(self, url, token, http_timeout):
         self.base = url.rstrip("/")
-        self.token = token
+        self.token = _clean_token(token)
         self.http_timeout = http_timeout
 
     def _headers(self, extra=None):
@@ -134,6 +134,23 @@ class _Client:
         """A request whose answer is one JSON value."""
         with self.open(method, path, body, headers, timeout) as r:
             return json.loads(r.read())
+
+
+def _clean_token(token):
+    """The token as the server reads its token file: trailing whitespace (a
+    file's newline) is not part of it. One that cannot travel in a header is
+    refused here, not in a background thread at the first request."""
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise TypeError("token must be a str, not %s" % type(token).__name__)
+    token = token.rstrip(" \t\r\n")
+    for i, c in enumerate(token):
+        if not "\x21" <= c <= "\x7e":
+            # Not the token itself in the message: it is a secret.
+            raise ValueError("the token holds a space, a control or a non-ASCII character "
+                             "(at %d); use visible ASCII only" % i)
+    return token
 
 
 def _api_error(status, raw):
@@ -179,7 +196,10 @@ class ForkpoolExecutor(concurrent.futures.Executor):
     """An Executor that runs named tasks on a forkpool server.
 
     url: the server, e.g. "http://127.0.0.1:8080".
-    token: the bearer token, when the server has one.
+    token: the bearer token, when the server has one. Trailing whitespace
+        is dropped, as the server does for its token file, so
+        ``open(path).read()`` will do; other spaces, controls or non-ASCII
+        characters are a ValueError here.
     item_timeout: seconds an item may run on the server (the batch's
         ``timeout``; None: the server's default).
     chunksize: items sent to a worker at once (None: the server picks).
