@@ -4,6 +4,7 @@ Run by tests/test_pyclient.c, which starts the server (2 workers, a token)
 and passes FORKPOOL_URL and FORKPOOL_TOKEN. Each test leaves no work running.
 """
 import concurrent.futures as cf
+import decimal
 import json
 import os
 import sys
@@ -155,6 +156,25 @@ class Client(unittest.TestCase):
         self.assertIn("line 3", c.exception.message)
         with self.assertRaises(TypeError):
             self.ex.submit(len, 1)
+
+    def test_an_argument_json_cannot_encode_fails_its_future_alone(self):
+        # As ProcessPoolExecutor does with an argument it cannot pickle: the
+        # future holds the error, and the executor goes on.
+        deep = []
+        for _ in range(1500):
+            deep = [deep]
+        loop = []
+        loop.append(loop)
+        fs = [self.ex.submit("square", 1), self.ex.submit("square", decimal.Decimal("1.5")),
+              self.ex.submit("square", float("nan")), self.ex.submit("echo", deep),
+              self.ex.submit("echo", loop), self.ex.submit("square", 2)]
+        self.assertEqual([type(f.exception(timeout=10)) for f in fs], [
+            type(None), TypeError, ValueError, RecursionError, ValueError, type(None)])
+        self.assertIn("Decimal", str(fs[1].exception()))
+        self.assertEqual((fs[0].result(), fs[5].result()), (1, 4))
+        self.assertFalse(fs[1].cancel())
+        self.assertEqual(self.ex.submit("square", 5).result(timeout=10), 25)
+        self.ex.shutdown(wait=True)
 
     def test_a_wrong_token_is_an_api_error_401(self):
         with ForkpoolExecutor(URL, token="not-the-token-at-all") as ex:

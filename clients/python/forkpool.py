@@ -23,7 +23,11 @@ A failed item raises, as ``future.result()`` or from ``map``, a
 ``TaskError`` (the task reported a failure), ``TaskTimeout`` (it ran past its
 timeout and its worker was killed) or ``WorkerDied`` (its worker died while
 running it); each has ``.type`` and ``.message``. An HTTP error of the API is
-an ``APIError`` with ``.status``, ``.code`` and ``.message``.
+an ``APIError`` with ``.status``, ``.code`` and ``.message``. An argument
+that is not JSON (a Decimal, NaN, a cycle, a list nested past Python's
+recursion limit) is json's TypeError, ValueError or RecursionError: on its
+future for ``submit``, as ProcessPoolExecutor does with an argument it cannot
+pickle, and raised by ``map``; nothing of it reaches the server.
 """
 
 import concurrent.futures
@@ -230,11 +234,20 @@ class ForkpoolExecutor(concurrent.futures.Executor):
         if not isinstance(fn, str):
             raise TypeError("fn must be a task name (GET /v1/tasks lists them), not %r" % (fn,))
         f = ForkpoolFuture(self)
+        try:
+            item, err = _encode(args), None
+        except Exception as e:  # TypeError, ValueError, RecursionError
+            item, err = None, e
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._queue.append((fn, list(args), f))
-            self._more.notify()
+            if item is not None:
+                self._queue.append((fn, item, f))
+                self._more.notify()
+        if err is not None:
+            # As ProcessPoolExecutor does with an argument it cannot pickle:
+            # the future says why, and nothing goes to the server.
+            _fail(f, err)
         return f
 
     def _unsend(self, f):
@@ -266,13 +279,17 @@ class ForkpoolExecutor(concurrent.futures.Executor):
                 self._send_batch(task, items)
 
     def _send_batch(self, task, items):
-        body = {"task": task, "items": [a for a, _ in items]}
+        head = {"task": task}
         if self.item_timeout is not None:
-            body["timeout"] = self.item_timeout
+            head["timeout"] = self.item_timeout
         if self.chunksize is not None:
-            body["chunksize"] = self.chunksize
+            head["chunksize"] = self.chunksize
+        # The items were encoded by submit(): they go in as they are.
+        body = json.dumps(head).encode()[:-1] + b', "items": [' + b", ".join(
+            a for a, _ in items) + b"]}"
         try:
-            b = self._client.call("POST", "/v1/batches", body)
+            b = self._client.call("POST", "/v1/batches", body,
+                                  {"Content-Type": "application/json"})
         except (ForkpoolError, OSError) as e:
             if isinstance(e, APIError) and e.status == 400 and len(items) > 1:
                 # Submissions that went together fail alone: one bad item
@@ -281,10 +298,7 @@ class ForkpoolExecutor(concurrent.futures.Executor):
                     self._send_batch(task, [one])
                 return
             for _, f in items:
-                with _settle_lock:
-                    ok = not f.done() and f.set_running_or_notify_cancel()
-                if ok:
-                    f.set_exception(e)
+                _fail(f, e)
             with self._lock:
                 self._sent.notify_all()
             return
@@ -383,7 +397,7 @@ class ForkpoolExecutor(concurrent.futures.Executor):
         def body():
             buf = bytearray()
             for a in args:
-                buf += json.dumps(list(a)).encode()
+                buf += _encode(a)
                 buf += b"\n"
                 if len(buf) >= _UPLOAD_CHUNK:
                     yield bytes(buf)
@@ -473,6 +487,11 @@ class ForkpoolExecutor(concurrent.futures.Executor):
                 t.join()
 
 
+def _encode(args):
+    """An item's arguments as the server reads them: JSON proper (no NaN)."""
+    return json.dumps(list(args), allow_nan=False).encode()
+
+
 def _value(item):
     if item["state"] == "finished":
         return item.get("result")
@@ -491,6 +510,14 @@ def _cancelled(f):
             concurrent.futures.Future.cancel(f)
             f.set_running_or_notify_cancel()
         return f.cancelled()
+
+
+def _fail(f, e):
+    """Fails a future with e, unless it is done (cancelled meanwhile, say)."""
+    with _settle_lock:
+        if f.done() or not f.set_running_or_notify_cancel():
+            return
+    f.set_exception(e)
 
 
 def _settle(f, item):
