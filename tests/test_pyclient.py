@@ -8,13 +8,14 @@ import decimal
 import json
 import os
 import sys
+import threading
 import time
 import unittest
 import urllib.request
 
 sys.path.insert(0, os.environ["FORKPOOL_CLIENT_DIR"])
-from forkpool import (APIError, ForkpoolExecutor, ForkpoolFuture, TaskError,  # noqa: E402
-                      TaskTimeout, WorkerDied)
+from forkpool import (APIError, DecodeError, ForkpoolExecutor, ForkpoolFuture,  # noqa: E402
+                      TaskError, TaskTimeout, WorkerDied)
 
 URL = os.environ["FORKPOOL_URL"]
 TOKEN = os.environ["FORKPOOL_TOKEN"]
@@ -213,6 +214,41 @@ class Client(unittest.TestCase):
         f = ex.submit("square", 3)
         e = f.exception(timeout=10)
         self.assertEqual((e.status, e.code), (401, "unauthorized"))
+        ex.shutdown(wait=True)
+
+    def test_a_result_too_deep_to_decode_fails_its_future_alone(self):
+        # The server keeps and serves a result nested 1,500 deep; Python's
+        # json cannot read it (RecursionError). Its future fails; its batch
+        # mates, sent in the same request, still get their results.
+        ex = ForkpoolExecutor(URL, token=TOKEN)
+        real_open = ex._client.open
+        at_gate, gate = threading.Event(), threading.Event()
+
+        def open_(method, path, body=None, headers=None, timeout=None):
+            if (method, path) == ("POST", "/v1/batches"):
+                if isinstance(body, dict):
+                    body = json.dumps(body).encode()
+                    headers = dict(headers or {}, **{"Content-Type": "application/json"})
+                at_gate.set()
+                gate.wait(30)
+                body = body.replace(b'"DEEP"', b"[" * 1500 + b"]" * 1500)
+            return real_open(method, path, body, headers, timeout)
+
+        ex._client.open = open_
+        first = ex.submit("square", 3)
+        self.assertTrue(at_gate.wait(10))
+        # The submit thread waits at the gate: these go as one batch.
+        fs = [ex.submit("echo", 1), ex.submit("echo", "DEEP"), ex.submit("echo", 2)]
+        gate.set()
+        self.assertEqual(first.result(timeout=10), 9)
+        self.assertEqual(fs[0].result(timeout=10), [1])
+        self.assertEqual(fs[2].result(timeout=10), [2])
+        e = fs[1].exception(timeout=10)
+        self.assertIsInstance(e, DecodeError)
+        self.assertEqual((e.batch, e.index), (fs[1].batch, 1))
+        self.assertIn("RecursionError", str(e))
+        self.assertEqual({f.batch for f in fs}, {fs[0].batch})
+        self.assertEqual(ex.submit("square", 4).result(timeout=10), 16)
         ex.shutdown(wait=True)
 
     def test_with_block_waits_for_every_future(self):

@@ -27,12 +27,16 @@ an ``APIError`` with ``.status``, ``.code`` and ``.message``. An argument
 that is not JSON (a Decimal, NaN, a cycle, a list nested past Python's
 recursion limit) is json's TypeError, ValueError or RecursionError: on its
 future for ``submit``, as ProcessPoolExecutor does with an argument it cannot
-pickle, and raised by ``map``; nothing of it reaches the server.
+pickle, and raised by ``map``; nothing of it reaches the server. A result
+this client cannot decode (nested past Python's recursion limit: the server
+keeps such a result) is a ``DecodeError`` (``.batch``, ``.index``) for its
+item alone.
 """
 
 import concurrent.futures
 import json
 import queue
+import re
 import threading
 import time
 import urllib.error
@@ -44,6 +48,7 @@ __all__ = [
     "ForkpoolFuture",
     "ForkpoolError",
     "APIError",
+    "DecodeError",
     "FutureError",
     "TaskError",
     "TaskTimeout",
@@ -65,6 +70,18 @@ class APIError(ForkpoolError):
     def __init__(self, status, code, message):
         super().__init__("%s %s: %s" % (status, code, message))
         self.status, self.code, self.message = status, code, message
+
+
+class DecodeError(ForkpoolError):
+    """A line of a batch's results that this client cannot decode (a result
+    nested past Python's recursion limit, say): ``batch``, and ``index``, the
+    item's (None when the line does not say)."""
+
+    def __init__(self, batch, index, cause):
+        what = "item %d" % index if index is not None else "a line"
+        super().__init__("batch %d: %s of its results could not be decoded (%s: %s)"
+                         % (batch, what, type(cause).__name__, cause))
+        self.batch, self.index = batch, index
 
 
 class FutureError(ForkpoolError):
@@ -327,9 +344,11 @@ class ForkpoolExecutor(concurrent.futures.Executor):
                     if not left:
                         break
             except (ForkpoolError, OSError, ValueError) as e:
-                if isinstance(e, APIError) and 400 <= e.status < 500 and e.status not in (408, 429):
+                if isinstance(e, DecodeError) or isinstance(e, APIError) and \
+                        400 <= e.status < 500 and e.status not in (408, 429):
                     # Asking again cannot help: the batch was purged (404),
-                    # or the token is wrong (401). The futures say why.
+                    # the token is wrong (401), or a line of the results
+                    # does not say whose it is. The futures say why.
                     for f in left.values():
                         if f.set_running_or_notify_cancel():
                             f.set_exception(e)
@@ -354,7 +373,10 @@ class ForkpoolExecutor(concurrent.futures.Executor):
                 for line in r:
                     if not line.strip():
                         continue
-                    item = json.loads(line)
+                    try:
+                        item = json.loads(line)
+                    except Exception as e:  # ValueError, RecursionError
+                        item = _undecodable(batch, line, e)
                     if "end" in item:
                         ended = item
                         break
@@ -487,6 +509,23 @@ class ForkpoolExecutor(concurrent.futures.Executor):
                 t.join()
 
 
+_INDEX = re.compile(rb'\{"index":(\d+)[,}]')  # how the server starts a future's line
+
+
+def _undecodable(batch, line, e):
+    """An item (a dict) for a results line json cannot decode: its future
+    fails, the stream goes on. Raises when the line does not say whose it is,
+    or was cut (the connection ended within it: asking again may help)."""
+    if not line.endswith(b"\n"):
+        raise ValueError("the results stream was cut within a line")
+    m = _INDEX.match(line)
+    if not m:
+        raise DecodeError(batch, None, e) from e
+    err = DecodeError(batch, int(m.group(1)), e)
+    err.__cause__ = e
+    return {"index": err.index, "state": "undecodable", "error": err}
+
+
 def _encode(args):
     """An item's arguments as the server reads them: JSON proper (no NaN)."""
     return json.dumps(list(args), allow_nan=False).encode()
@@ -497,6 +536,8 @@ def _value(item):
         return item.get("result")
     if item["state"] == "failed":
         raise _future_error(item.get("error") or {})
+    if item["state"] == "undecodable":
+        raise item["error"]
     raise concurrent.futures.CancelledError()
 
 
@@ -524,6 +565,9 @@ def _settle(f, item):
     state = item["state"]
     if state == "cancelled":
         _cancelled(f)
+        return
+    if state == "undecodable":
+        _fail(f, item["error"])
         return
     with _settle_lock:
         if f.done() or not f.set_running_or_notify_cancel():
