@@ -28,6 +28,10 @@ def api(method, path):
         return json.loads(r.read())
 
 
+class Injected(Exception):
+    """A failure no code path expects, put in by a test."""
+
+
 class Client(unittest.TestCase):
     def setUp(self):
         self.ex = ForkpoolExecutor(URL, token=TOKEN)
@@ -249,6 +253,50 @@ class Client(unittest.TestCase):
         self.assertIn("RecursionError", str(e))
         self.assertEqual({f.batch for f in fs}, {fs[0].batch})
         self.assertEqual(ex.submit("square", 4).result(timeout=10), 16)
+        ex.shutdown(wait=True)
+
+    def test_an_unexpected_error_sending_a_batch_fails_that_batch_only(self):
+        # Not a refusal nor a connection error: a bug, say. The submit thread
+        # goes on with the next batch.
+        ex = ForkpoolExecutor(URL, token=TOKEN)
+        real_call = ex._client.call
+        errors = [Injected("sending")]
+
+        def call(method, path, body=None, headers=None, timeout=None):
+            if (method, path) == ("POST", "/v1/batches") and errors:
+                raise errors.pop()
+            return real_call(method, path, body, headers, timeout)
+
+        ex._client.call = call
+        self.assertIsInstance(ex.submit("square", 2).exception(timeout=10), Injected)
+        self.assertEqual(ex.submit("square", 3).result(timeout=10), 9)
+        ex.shutdown(wait=True)
+
+    def test_a_dead_submit_thread_breaks_the_executor_cleanly(self):
+        # A failure outside any one batch: every future not sent fails with
+        # BrokenExecutor, as ProcessPoolExecutor's do when a worker dies, and
+        # the executor takes no more work.
+        ex = ForkpoolExecutor(URL, token=TOKEN)
+        at_gate, gate = threading.Event(), threading.Event()
+
+        def send_batch(task, items):
+            at_gate.set()
+            gate.wait(30)
+            raise Injected("the submit loop")
+
+        ex._send_batch = send_batch
+        fs = [ex.submit("square", 1)]
+        self.assertTrue(at_gate.wait(10))
+        fs += [ex.submit("square", 2), ex.submit("power", 2, 3)]
+        gate.set()
+        for f in fs:
+            e = f.exception(timeout=10)
+            self.assertIsInstance(e, cf.BrokenExecutor)
+            self.assertIsInstance(e.__cause__, Injected)
+        with self.assertRaises(cf.BrokenExecutor):
+            ex.submit("square", 3)
+        with self.assertRaises(cf.BrokenExecutor):
+            ex.map("square", [3])
         ex.shutdown(wait=True)
 
     def test_with_block_waits_for_every_future(self):

@@ -31,6 +31,13 @@ pickle, and raised by ``map``; nothing of it reaches the server. A result
 this client cannot decode (nested past Python's recursion limit: the server
 keeps such a result) is a ``DecodeError`` (``.batch``, ``.index``) for its
 item alone.
+
+Whatever goes wrong sending a batch (a refusal, a connection error, anything
+unexpected) fails that batch's futures with the error, and the next batch
+goes as usual. Should the submit thread itself fail, the executor breaks as
+ProcessPoolExecutor does: every future not sent, and every later ``submit``
+or ``map``, get ``concurrent.futures.BrokenExecutor`` (the error as its
+cause). No future is left to wait for ever.
 """
 
 import concurrent.futures
@@ -237,6 +244,7 @@ class ForkpoolExecutor(concurrent.futures.Executor):
         self._sent = threading.Condition(self._lock)  # a future got its batch id
         self._more = threading.Condition(self._lock)  # the queue grew, or shutdown
         self._shutdown = False
+        self._broken = None  # what killed the submit thread
         self._batches = {}  # batch id -> futures not yet done
         self._watchers = []
         self._sender = threading.Thread(target=self._send_loop, name="forkpool-submit", daemon=True)
@@ -256,8 +264,7 @@ class ForkpoolExecutor(concurrent.futures.Executor):
         except Exception as e:  # TypeError, ValueError, RecursionError
             item, err = None, e
         with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._check_open()
             if item is not None:
                 self._queue.append((fn, item, f))
                 self._more.notify()
@@ -266,6 +273,14 @@ class ForkpoolExecutor(concurrent.futures.Executor):
             # the future says why, and nothing goes to the server.
             _fail(f, err)
         return f
+
+    def _check_open(self):
+        """Raises when no new work is taken (the lock is held)."""
+        if self._broken is not None:
+            raise concurrent.futures.BrokenExecutor(
+                "the executor's submit thread failed: %r" % self._broken) from self._broken
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _unsend(self, f):
         """Takes a future out of the queue if it is still there."""
@@ -282,20 +297,40 @@ class ForkpoolExecutor(concurrent.futures.Executor):
                 self._sent.wait(1)
 
     def _send_loop(self):
-        while True:
+        work = []
+        try:
+            while True:
+                with self._lock:
+                    while not self._queue and not self._shutdown:
+                        self._more.wait()
+                    if not self._queue:
+                        return  # shut down, and everything is sent
+                    work, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+                by_task = {}
+                for task, args, f in work:
+                    by_task.setdefault(task, []).append((args, f))
+                for task, items in by_task.items():
+                    self._send_batch(task, items)
+        except BaseException as e:
+            # Not one batch's failure (_send_batch settles those): this
+            # thread cannot go on, and a future left pending would wait for
+            # ever. As ProcessPoolExecutor does when it breaks: the executor
+            # shuts down, and every future not sent fails with BrokenExecutor.
             with self._lock:
-                while not self._queue and not self._shutdown:
-                    self._more.wait()
-                if not self._queue:
-                    return  # shut down, and everything is sent
-                work, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
-            by_task = {}
-            for task, args, f in work:
-                by_task.setdefault(task, []).append((args, f))
-            for task, items in by_task.items():
-                self._send_batch(task, items)
+                self._broken = e
+                self._shutdown = True
+                unsent = [f for _, _, f in work + self._queue if f.batch is None]
+                self._queue = []
+                self._sent.notify_all()
+            broken = concurrent.futures.BrokenExecutor(
+                "the executor's submit thread failed: %r" % e)
+            broken.__cause__ = e
+            for f in unsent:
+                _fail(f, broken)
 
     def _send_batch(self, task, items):
+        """Sends items as one batch and starts its watcher. Whatever goes
+        wrong fails these futures, and only them: the thread goes on."""
         head = {"task": task}
         if self.item_timeout is not None:
             head["timeout"] = self.item_timeout
@@ -304,33 +339,37 @@ class ForkpoolExecutor(concurrent.futures.Executor):
         # The items were encoded by submit(): they go in as they are.
         body = json.dumps(head).encode()[:-1] + b', "items": [' + b", ".join(
             a for a, _ in items) + b"]}"
+        batch = None
         try:
-            b = self._client.call("POST", "/v1/batches", body,
-                                  {"Content-Type": "application/json"})
-        except (ForkpoolError, OSError) as e:
+            batch = self._client.call("POST", "/v1/batches", body,
+                                      {"Content-Type": "application/json"})["id"]
+            futures = {}
+            with self._lock:
+                for i, (_, f) in enumerate(items):
+                    f.batch, f.index = batch, i
+                    futures[i] = f
+                self._batches[batch] = futures
+                self._sent.notify_all()
+            t = threading.Thread(target=self._watch, args=(batch, futures),
+                                 name="forkpool-batch-%d" % batch, daemon=True)
+            t.start()
+            with self._lock:
+                self._watchers.append(t)
+        except Exception as e:
             if isinstance(e, APIError) and e.status == 400 and len(items) > 1:
                 # Submissions that went together fail alone: one bad item
                 # must not fail the others.
                 for one in items:
                     self._send_batch(task, [one])
                 return
+            # Refused, a connection error, or anything else (an answer that
+            # is not a batch, no thread to follow it): nothing will settle
+            # these futures, so they say why.
             for _, f in items:
                 _fail(f, e)
             with self._lock:
+                self._batches.pop(batch, None)
                 self._sent.notify_all()
-            return
-        futures = {}
-        with self._lock:
-            for i, (_, f) in enumerate(items):
-                f.batch, f.index = b["id"], i
-                futures[i] = f
-            self._batches[b["id"]] = futures
-            self._sent.notify_all()
-        t = threading.Thread(target=self._watch, args=(b["id"], futures),
-                             name="forkpool-batch-%d" % b["id"], daemon=True)
-        with self._lock:
-            self._watchers.append(t)
-        t.start()
 
     def _watch(self, batch, futures):
         """Settles a batch's futures as its results complete."""
@@ -402,8 +441,7 @@ class ForkpoolExecutor(concurrent.futures.Executor):
         if not isinstance(fn, str):
             raise TypeError("fn must be a task name (GET /v1/tasks lists them), not %r" % (fn,))
         with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         q = {"task": fn}
         cs = chunksize if chunksize is not None else self.chunksize
