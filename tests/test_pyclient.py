@@ -5,8 +5,10 @@ and passes FORKPOOL_URL and FORKPOOL_TOKEN. Each test leaves no work running.
 """
 import concurrent.futures as cf
 import decimal
+import http.client
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -270,6 +272,67 @@ class Client(unittest.TestCase):
         ex._client.call = call
         self.assertIsInstance(ex.submit("square", 2).exception(timeout=10), Injected)
         self.assertEqual(ex.submit("square", 3).result(timeout=10), 9)
+        ex.shutdown(wait=True)
+
+    def test_an_unexpected_error_following_a_batch_fails_its_futures(self):
+        ex = ForkpoolExecutor(URL, token=TOKEN)
+        real_results = ex._results
+        errors = [Injected("following")]
+
+        def results(batch, order, after):
+            if errors:
+                raise errors.pop()
+            return real_results(batch, order, after)
+
+        ex._results = results
+        fs = [ex.submit("square", 2), ex.submit("square", 3)]
+        for f in fs:
+            self.assertIsInstance(f.exception(timeout=10), Injected)
+        self.assertEqual(ex.submit("square", 4).result(timeout=10), 16)
+        ex.shutdown(wait=True)
+
+    def test_a_results_stream_cut_short_is_asked_again(self):
+        # A server restarting ends the chunked stream mid-chunk: http.client
+        # raises IncompleteRead, which is no OSError. The watcher asks again.
+        ex = ForkpoolExecutor(URL, token=TOKEN)
+        real_results = ex._results
+        errors = [http.client.IncompleteRead(b"")]
+
+        def results(batch, order, after):
+            if errors:
+                raise errors.pop()
+            return real_results(batch, order, after)
+
+        ex._results = results
+        self.assertEqual(ex.submit("square", 5).result(timeout=10), 25)
+        self.assertEqual(errors, [])
+        ex.shutdown(wait=True)
+
+    def test_a_results_answer_that_is_not_a_stream_fails_the_futures(self):
+        # Asking again would get the same answer (a server too old to
+        # stream, a proxy that rewrites it): the futures fail instead.
+        ex = ForkpoolExecutor(URL, token=TOKEN)
+        real_open = ex._client.open
+
+        def open_json(method, path, body=None, headers=None, timeout=None):
+            if "/results" in path:  # a page: JSON, and no timeout
+                path = re.sub(r"&timeout=\d+", "", path)
+                headers = dict(headers or {}, Accept="application/json")
+            return real_open(method, path, body, headers, timeout)
+
+        ex._client.open = open_json
+        e = ex.submit("square", 3).exception(timeout=10)
+        self.assertIn("does not stream", str(e))
+        ex.shutdown(wait=True)
+
+    def test_a_done_stream_without_an_item_fails_it_instead_of_asking_again(self):
+        # A stream without an end line says the batch is done and all of it
+        # was sent: asking again for what it lacked would spin for ever.
+        ex = ForkpoolExecutor(URL, token=TOKEN)
+        ex._results = lambda batch, order, after: iter([{"index": 1, "state": "finished",
+                                                         "result": 4}])
+        fs = [ex.submit("square", 1), ex.submit("square", 2)]
+        self.assertIn("lack", str(fs[0].exception(timeout=10)))
         ex.shutdown(wait=True)
 
     def test_a_dead_submit_thread_breaks_the_executor_cleanly(self):

@@ -34,13 +34,17 @@ item alone.
 
 Whatever goes wrong sending a batch (a refusal, a connection error, anything
 unexpected) fails that batch's futures with the error, and the next batch
-goes as usual. Should the submit thread itself fail, the executor breaks as
+goes as usual. Following a batch's results, a connection that fails is asked
+again (a server restarting keeps them); anything else that stops them (a 4xx,
+an answer that is not a stream, a bug) fails the futures still pending with
+the error. Should the submit thread itself fail, the executor breaks as
 ProcessPoolExecutor does: every future not sent, and every later ``submit``
 or ``map``, get ``concurrent.futures.BrokenExecutor`` (the error as its
 cause). No future is left to wait for ever.
 """
 
 import concurrent.futures
+import http.client
 import json
 import queue
 import re
@@ -120,6 +124,15 @@ class WorkerDied(FutureError):
 
     type = "worker_died"
 
+
+class _Interrupted(ForkpoolError):
+    """A results stream that ended early: asking again may help."""
+
+
+# What a connection that failed raises (a server restarting, say): asking
+# again may help. http.client's IncompleteRead, a chunked stream cut short,
+# is no OSError.
+_NETWORK = (OSError, http.client.HTTPException, _Interrupted)
 
 _ERRORS = {"task_error": TaskError, "timeout": TaskTimeout, "worker_died": WorkerDied}
 
@@ -215,7 +228,7 @@ class ForkpoolFuture(concurrent.futures.Future):
             ok = ex._client.call(
                 "POST", "/v1/batches/%d/futures/%d/cancel" % (self.batch, self.index), b""
             )["cancelled"]
-        except (ForkpoolError, OSError):
+        except (ForkpoolError,) + _NETWORK:
             return False
         return _cancelled(self) if ok else False
 
@@ -372,30 +385,36 @@ class ForkpoolExecutor(concurrent.futures.Executor):
                 self._sent.notify_all()
 
     def _watch(self, batch, futures):
-        """Settles a batch's futures as its results complete."""
+        """Settles a batch's futures as its results complete. A connection
+        that fails is asked again; anything else fails the futures left."""
         left = dict(futures)
-        while left:
-            try:
-                for item in self._results(batch, "completed", -1):
-                    f = left.pop(item["index"], None)
-                    if f is not None:
-                        _settle(f, item)
-                    if not left:
-                        break
-            except (ForkpoolError, OSError, ValueError) as e:
-                if isinstance(e, DecodeError) or isinstance(e, APIError) and \
-                        400 <= e.status < 500 and e.status not in (408, 429):
-                    # Asking again cannot help: the batch was purged (404),
-                    # the token is wrong (401), or a line of the results
-                    # does not say whose it is. The futures say why.
-                    for f in left.values():
-                        if f.set_running_or_notify_cancel():
-                            f.set_exception(e)
-                    left.clear()
-                else:
+        try:
+            while left:
+                try:
+                    for item in self._results(batch, "completed", -1):
+                        f = left.pop(item["index"], None)
+                        if f is not None:
+                            _settle(f, item)
+                        if not left:
+                            break
+                    else:
+                        raise ForkpoolError("batch %d is done, but its results lack item(s) %s"
+                                            % (batch, ", ".join(map(str, sorted(left)))))
+                except _NETWORK + (APIError,) as e:
+                    if isinstance(e, APIError) and 400 <= e.status < 500 and \
+                            e.status not in (408, 429):
+                        raise  # the batch was purged (404), the token is wrong (401)
                     time.sleep(0.5)  # the server restarts, say: the results are kept
-        with self._lock:
-            self._batches.pop(batch, None)
+        except BaseException as e:
+            # Asking again cannot help (the refusals above, a line of the
+            # results that does not say whose it is, a server that does not
+            # stream) or this is a bug: the futures say why, rather than
+            # wait for ever.
+            for f in left.values():
+                _fail(f, e)
+        finally:
+            with self._lock:
+                self._batches.pop(batch, None)
 
     def _results(self, batch, order, after):
         """Yields the batch's futures (dicts) from `after` on, as they are
@@ -425,7 +444,7 @@ class ForkpoolExecutor(concurrent.futures.Executor):
             if ended is None:
                 return  # the batch is done and everything was sent
             if ended["end"] == "error":
-                raise ForkpoolError("the server's result stream failed; see its log")
+                raise _Interrupted("the server's result stream failed; see its log")
             if ended.get("next") is not None:
                 after = ended["next"]
 
@@ -495,7 +514,7 @@ class ForkpoolExecutor(concurrent.futures.Executor):
                 # Like Executor.map's generator: what has not run is cancelled.
                 try:
                     self._client.call("DELETE", "/v1/batches/%d" % batch)
-                except (ForkpoolError, OSError):
+                except (ForkpoolError,) + _NETWORK:
                     pass
 
     @staticmethod
@@ -537,7 +556,7 @@ class ForkpoolExecutor(concurrent.futures.Executor):
         for b in batches:
             try:
                 self._client.call("DELETE", "/v1/batches/%d" % b)
-            except (ForkpoolError, OSError):
+            except (ForkpoolError,) + _NETWORK:
                 pass
         if wait:
             self._sender.join()
@@ -555,7 +574,7 @@ def _undecodable(batch, line, e):
     fails, the stream goes on. Raises when the line does not say whose it is,
     or was cut (the connection ended within it: asking again may help)."""
     if not line.endswith(b"\n"):
-        raise ValueError("the results stream was cut within a line")
+        raise _Interrupted("the results stream was cut within a line")
     m = _INDEX.match(line)
     if not m:
         raise DecodeError(batch, None, e) from e
