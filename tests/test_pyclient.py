@@ -133,6 +133,27 @@ class Client(unittest.TestCase):
         done, _ = cf.wait(pending, timeout=10)
         self.assertEqual(done, set(pending))
 
+    def test_a_done_callback_may_cancel_another_future(self):
+        # The standard library runs a cancelled future's callbacks inside
+        # cancel(); one that cancels another forkpool future must not wait
+        # on a lock its own thread holds.
+        fs = [self.ex.submit("sleep", 30) for _ in range(4)]
+        deadline = time.monotonic() + 30
+        while any(f.batch is None for f in fs) or \
+                sum(w["current"] is not None for w in api("GET", "/v1/workers")["workers"]) < 2:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        pending = [f for f in fs if api("GET", "/v1/batches/%d/futures/%d" % (f.batch, f.index))["state"]
+                   == "pending"]
+        self.assertEqual(len(pending), 2)
+        pending[0].add_done_callback(lambda f: pending[1].cancel())
+        t = threading.Thread(target=pending[0].cancel, daemon=True)
+        t.start()
+        t.join(20)
+        self.assertFalse(t.is_alive(), "cancel() deadlocked in its callback")
+        self.assertTrue(pending[0].cancelled())
+        self.assertTrue(pending[1].cancelled())
+
     def test_shutdown_with_cancel_futures_cancels_what_has_not_started(self):
         ex = ForkpoolExecutor(URL, token=TOKEN)
         fs = [ex.submit("sleep", 30) for _ in range(6)]

@@ -598,7 +598,9 @@ def _value(item):
     raise concurrent.futures.CancelledError()
 
 
-_settle_lock = threading.Lock()
+# Reentrant: Future.cancel() runs the done callbacks while it is held, and
+# one of them may cancel another forkpool future in the same thread.
+_settle_lock = threading.RLock()
 
 
 def _cancelled(f):
