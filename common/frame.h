@@ -46,6 +46,11 @@
 /* The worker's exit status when its configuration (plugins, tasks files)
  * keeps it from serving. */
 #define WORKER_EXIT_CONFIG 3
+/* A --describe run writes "forkpool-worker: loading plugin PATH" (or
+ * "tasks file PATH") on stderr before it loads each extension, and
+ * "forkpool-worker: loading done" after the last: the server tells from the
+ * last one which plugin hung or crashed it. */
+#define DESCRIBE_LOADING "loading "
 
 struct progress {
 	_Atomic uint32_t item;     /* 1 + position of the item running; 0 = none yet */

@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -10,6 +12,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -33,14 +36,35 @@ static int parse_type(const char *s, enum ptype *out)
 	return -1;
 }
 
+/* Appends s[0..n) for a logfmt value in quotes: its quotes and backslashes
+ * escaped, a newline as \n, other control bytes as '?'. */
+static void add_quoted(struct buf *q, const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] == '"' || s[i] == '\\')
+			buf_addc(q, '\\');
+		if (s[i] == '\n')
+			buf_adds(q, "\\n");
+		else
+			buf_addc(q, (unsigned char)s[i] < 0x20 ? '?' : s[i]);
+	}
+}
+
 static int parse(const char *text, size_t len, const char *path)
 {
 	json_error_t jerr;
 	json_t *root = json_loadb(text, len, 0, &jerr);
 	json_t *list = root ? json_object_get(root, "tasks") : NULL;
 	if (!json_is_array(list)) {
-		log_error("catalog", "worker=\"%s\" msg=\"--describe did not print {\\\"tasks\\\": [...]}\"",
-			  path);
+		/* A plugin's own output cannot get here (the worker keeps its
+		 * stdout for the catalogue): the program is not this version's
+		 * worker. What it printed says what it is. */
+		struct buf q = {0};
+		add_quoted(&q, text, len < 120 ? len : 120);
+		log_error("catalog", "worker=\"%s\" msg=\"--describe did not print {\\\"tasks\\\": [...]} "
+				     "(is --worker a forkpool-worker of this version?); it printed: %s%s\"",
+			  path, q.data ? q.data : "", len > 120 ? "..." : "");
+		buf_free(&q);
 		json_decref(root);
 		return -1;
 	}
@@ -99,12 +123,15 @@ static int parse(const char *text, size_t len, const char *path)
 }
 
 /* Logs what the worker said on stderr, one event per line: a configuration
- * problem when it failed, else warnings. */
-static void log_stderr(int fd, int failed)
+ * problem when it failed, else warnings. Its "loading ..." lines are not
+ * logged: the last one, which says what it was loading when it ended (""
+ * once it had loaded everything), goes to last. */
+static void log_stderr(int fd, int failed, char *last, size_t lastlen)
 {
 	struct buf b = {0};
 	char tmp[4096];
 	ssize_t n;
+	last[0] = '\0';
 	lseek(fd, 0, SEEK_SET);
 	while ((n = read(fd, tmp, sizeof tmp)) > 0 && b.len < 65536)
 		buf_add(&b, tmp, (size_t)n);
@@ -113,29 +140,103 @@ static void log_stderr(int fd, int failed)
 		if (nl)
 			*nl = '\0';
 		static const char prefix[] = "forkpool-worker: ";
-		if (!strncmp(line, prefix, sizeof prefix - 1))
+		if (!strncmp(line, prefix, sizeof prefix - 1)) {
 			line += sizeof prefix - 1;
+			if (!strncmp(line, DESCRIBE_LOADING, strlen(DESCRIBE_LOADING))) {
+				line += strlen(DESCRIBE_LOADING);
+				snprintf(last, lastlen, "%s", strcmp(line, "done") ? line : "");
+				continue;
+			}
+		}
 		if (!*line)
 			continue;
-		/* logfmt: the message quoted, its quotes and backslashes escaped */
 		struct buf q = {0};
-		for (const char *c = line; *c; c++) {
-			if (*c == '"' || *c == '\\')
-				buf_addc(&q, '\\');
-			buf_addc(&q, *c);
-		}
-		if (failed)
+		add_quoted(&q, line, strlen(line));
+		if (failed) {
 			log_error("config", "msg=\"%s\"", q.data);
-		else
+		} else if (last[0]) {
+			/* A plugin that prints while it loads: say which. */
+			struct buf w = {0};
+			add_quoted(&w, last, strlen(last));
+			log_warn("worker_stderr", "loading=\"%s\" msg=\"%s\"", w.data, q.data);
+			buf_free(&w);
+		} else {
 			log_warn("worker_stderr", "msg=\"%s\"", q.data);
+		}
 		buf_free(&q);
 	}
 	buf_free(&b);
 }
 
-int catalog_load(const char *worker_path) { return catalog_load_with(worker_path, NULL); }
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
-int catalog_load_with(const char *worker_path, char *const *extra)
+/* Reads the --describe run pid's stdout (out, which this closes) into b
+ * until it ends. 0: it ended, its wait status in *status; 1: it was still
+ * running at deadline (monotonic ms; < 0: none); CATALOG_STOPPED: stop_fd
+ * became readable. Either way it has been reaped, and whatever is left in
+ * its process group (it leads one) is killed. */
+static int wait_describe(pid_t pid, int out, struct buf *b, int64_t deadline, int stop_fd,
+			 int *status)
+{
+	int rc;
+	for (;;) {
+		if (out < 0) {
+			pid_t r = waitpid(pid, status, WNOHANG);
+			if (r == pid || (r < 0 && errno == ECHILD)) {
+				if (r < 0)
+					*status = 255 << 8; /* reaped by someone else: unknown */
+				kill(-pid, SIGKILL);
+				return 0;
+			}
+		}
+		/* Once its stdout is closed, only the exit is left to wait for:
+		 * a moment, normally. */
+		int timeout = out < 0 ? 5 : -1;
+		if (deadline >= 0) {
+			int64_t left = deadline - mono_ms();
+			if (left <= 0) {
+				rc = 1;
+				break;
+			}
+			if (timeout < 0 || left < timeout)
+				timeout = (int)left;
+		}
+		struct pollfd pf[2] = {{.fd = stop_fd, .events = POLLIN}, {.fd = out, .events = POLLIN}};
+		if (poll(pf, 2, timeout) < 0 && errno != EINTR) {
+			rc = 1;
+			break;
+		}
+		if (pf[0].revents) {
+			rc = CATALOG_STOPPED;
+			break;
+		}
+		if (out >= 0 && pf[1].revents) {
+			char tmp[4096];
+			ssize_t n = read(out, tmp, sizeof tmp);
+			if (n > 0)
+				buf_add(b, tmp, (size_t)n);
+			else if (n == 0 || errno != EINTR) {
+				close(out);
+				out = -1;
+			}
+		}
+	}
+	if (out >= 0)
+		close(out);
+	kill(-pid, SIGKILL);
+	while (waitpid(pid, status, 0) < 0 && errno == EINTR)
+		;
+	return rc;
+}
+
+int catalog_load(const char *worker_path) { return catalog_load_with(worker_path, NULL, NULL); }
+
+int catalog_load_with(const char *worker_path, char *const *extra, const struct catalog_limits *lim)
 {
 	int pfd[2];
 	if (pipe2(pfd, O_CLOEXEC) < 0)
@@ -147,6 +248,19 @@ int catalog_load_with(const char *worker_path, char *const *extra)
 	posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
 	if (efd >= 0)
 		posix_spawn_file_actions_adddup2(&fa, efd, 2);
+	/* The server's signals are blocked (it reads them from a signalfd);
+	 * the worker's must not be. Its own process group: what a plugin
+	 * started while loading is killed with it. */
+	posix_spawnattr_t at;
+	posix_spawnattr_init(&at);
+	sigset_t none, all;
+	sigemptyset(&none);
+	sigfillset(&all);
+	posix_spawnattr_setsigmask(&at, &none);
+	posix_spawnattr_setsigdefault(&at, &all);
+	posix_spawnattr_setpgroup(&at, 0);
+	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+					  POSIX_SPAWN_SETPGROUP);
 	size_t nextra = 0;
 	while (extra && extra[nextra])
 		nextra++;
@@ -158,9 +272,10 @@ int catalog_load_with(const char *worker_path, char *const *extra)
 		argv[i + 1] = extra[i];
 	argv[nextra + 1] = "--describe";
 	pid_t pid;
-	int rc = posix_spawn(&pid, worker_path, &fa, NULL, argv, environ);
+	int rc = posix_spawn(&pid, worker_path, &fa, &at, argv, environ);
 	free(argv);
 	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&at);
 	close(pfd[1]);
 	if (rc != 0) {
 		close(pfd[0]);
@@ -169,36 +284,55 @@ int catalog_load_with(const char *worker_path, char *const *extra)
 		log_error("catalog", "worker=\"%s\" msg=\"cannot run it: %s\"", worker_path, strerror(rc));
 		return -1;
 	}
+	int64_t timeout_ms = lim ? lim->timeout_ms : 0;
 	struct buf out = {0};
-	char tmp[4096];
-	ssize_t n;
-	while ((n = read(pfd[0], tmp, sizeof tmp)) != 0) {
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			break;
-		}
-		buf_add(&out, tmp, (size_t)n);
-	}
-	close(pfd[0]);
 	int status = 0;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
-	int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+	int waited = wait_describe(pid, pfd[0], &out, timeout_ms > 0 ? mono_ms() + timeout_ms : -1,
+				   lim ? lim->stop_fd : -1, &status);
+	if (waited == CATALOG_STOPPED) {
+		if (efd >= 0)
+			close(efd);
+		buf_free(&out);
+		return CATALOG_STOPPED;
+	}
+	int ok = !waited && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+	char last[PATH_MAX + 32] = ""; /* what it was loading when it ended */
 	if (efd >= 0) {
-		log_stderr(efd, !ok);
+		log_stderr(efd, !ok, last, sizeof last);
 		close(efd);
 	}
 	if (!ok) {
-		if (WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_CONFIG)
+		char how[96];
+		if (waited)
+			snprintf(how, sizeof how, "did not end within the --start-timeout of %g s",
+				 (double)timeout_ms / 1000);
+		else if (WIFSIGNALED(status))
+			snprintf(how, sizeof how, "was killed by signal %d (%s)", WTERMSIG(status),
+				 strsignal(WTERMSIG(status)));
+		else
+			snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
+		int config = !waited && WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_CONFIG;
+		if (!config && last[0]) {
+			/* It hung or crashed in an extension's code: name that one
+			 * (last is "plugin /x.so" or "tasks file /t.json"). */
+			struct buf what = {0};
+			add_quoted(&what, last, strlen(last));
+			int plugin = !strncmp(last, "plugin ", 7);
+			log_error("config", "msg=\"%s: the worker's --describe %s while loading it%s\"",
+				  what.data, how,
+				  !plugin  ? ""
+				  : waited ? " (it was killed): its constructors and forkpool_plugin() "
+					     "must return at once"
+					   : " (in its constructors or forkpool_plugin())");
+			buf_free(&what);
+			config = 1;
+		}
+		if (config)
 			log_error("catalog", "worker=\"%s\" msg=\"the plugins or tasks files above are "
 					     "not usable; fix them and start again\"", worker_path);
-		else if (WIFSIGNALED(status))
-			log_error("catalog", "worker=\"%s\" msg=\"--describe was killed by signal %d\"",
-				  worker_path, WTERMSIG(status));
 		else
-			log_error("catalog", "worker=\"%s\" msg=\"--describe exited with status %d\"",
-				  worker_path, WEXITSTATUS(status));
+			log_error("catalog", "worker=\"%s\" msg=\"--describe %s%s\"", worker_path, how,
+				  waited ? " (it was killed)" : "");
 		buf_free(&out);
 		return -1;
 	}

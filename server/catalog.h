@@ -28,14 +28,25 @@ struct task_info {
 
 extern const char *const ptype_names[];
 
+/* What bounds the --describe run of catalog_load_with. */
+struct catalog_limits {
+	int64_t timeout_ms; /* past it the run is killed and the load fails; 0: no limit */
+	int stop_fd;	    /* once it is readable (a signalfd), stop at once; -1: none */
+};
+#define CATALOG_STOPPED (-2) /* catalog_load_with: stop_fd became readable */
+
 /* Runs `worker --describe` and loads its answer. 0, or -1 with the reason
  * logged. */
 int catalog_load(const char *worker_path);
 /* The same with the worker's extension arguments (NULL-terminated, such as
- * {"--plugin", "x.so", NULL}) before --describe. A worker that finds its
- * extensions broken says what and where on stderr; that is logged (event
- * config) and this returns -1. */
-int catalog_load_with(const char *worker_path, char *const *extra);
+ * {"--plugin", "x.so", NULL}) before --describe, within lim (NULL: none). A
+ * worker that finds its extensions broken says what and where on stderr;
+ * that is logged (event config) and this returns -1, as it does, naming the
+ * plugin it was loading, for one that hangs past the timeout or crashes.
+ * CATALOG_STOPPED (nothing logged, the run killed) when lim->stop_fd became
+ * readable first. */
+int catalog_load_with(const char *worker_path, char *const *extra,
+		      const struct catalog_limits *lim);
 void catalog_free(void);
 const struct task_info *catalog_find(const char *name);
 int catalog_count(void);

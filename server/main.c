@@ -68,7 +68,9 @@ static const char usage[] =
     "  --grace S                  on SIGTERM, seconds to let running items finish before they\n"
     "                             go back to pending (default 10)\n"
     "  --start-timeout S          a worker not ready S seconds after it started is killed and\n"
-    "                             counts as a failed start (default 60; 0: no limit)\n"
+    "                             counts as a failed start; loading the plugins to read the\n"
+    "                             task catalogue at start-up may take no longer either\n"
+    "                             (default 60; 0: no limit)\n"
     "  --idle-timeout S           close a connection idle for S seconds (default 60)\n"
     "  --max-connections N        most open connections (default: from the fd limit, <= 10000)\n"
     "  --worker PATH              the worker program (default: forkpool-worker beside forkpoold)\n"
@@ -424,6 +426,24 @@ static void on_signal(struct loop_watch *w, uint32_t events)
 	}
 }
 
+/* A SIGTERM or SIGINT came before the server served anything: nothing to
+ * drain or stop. It ends by that signal, as a program that does not handle
+ * it would (a shell shows status 128 + N; systemd counts it a clean stop). */
+static __attribute__((noreturn)) void stopped_while_starting(int sigfd)
+{
+	struct signalfd_siginfo si;
+	int signo = read(sigfd, &si, sizeof si) == (ssize_t)sizeof si ? (int)si.ssi_signo : SIGTERM;
+	log_info("signal", "signo=%d name=%s", signo, strsignal(signo));
+	log_info("exit", "signal=%d msg=\"stopped while starting\"", signo);
+	signal(signo, SIG_DFL);
+	sigset_t one;
+	sigemptyset(&one);
+	sigaddset(&one, signo);
+	raise(signo); /* pending until unblocked, then delivered */
+	sigprocmask(SIG_UNBLOCK, &one, NULL);
+	_exit(128 + signo); /* not reached */
+}
+
 static void raise_fd_limit(void)
 {
 	struct rlimit rl;
@@ -477,7 +497,24 @@ int main(int argc, char **argv)
 		v[n] = '\0';
 		log_info("extension", "kind=%s value=\"%s\"", cfg.wargs[i] + 2, v);
 	}
-	if (loop_init() < 0 || catalog_load_with(wpath, cfg.wargs) < 0)
+	/* The catalogue runs plugins' code (their constructors and
+	 * forkpool_plugin()), which may hang: bounded by --start-timeout, and
+	 * a SIGTERM or SIGINT meanwhile (not the --describe run's SIGCHLD)
+	 * stops the server at once. */
+	sigset_t stop;
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGTERM);
+	sigaddset(&stop, SIGINT);
+	int stopfd = signalfd(-1, &stop, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (loop_init() < 0 || stopfd < 0)
+		return 1;
+	int rc = catalog_load_with(wpath, cfg.wargs,
+				   &(struct catalog_limits){
+				       .timeout_ms = (int64_t)(cfg.start_timeout * 1000), .stop_fd = stopfd});
+	if (rc == CATALOG_STOPPED)
+		stopped_while_starting(stopfd);
+	close(stopfd);
+	if (rc < 0)
 		return 1;
 	struct store *store = store_open(cfg.db, !strcmp(cfg.sync, "full"));
 	if (!store)

@@ -628,6 +628,125 @@ TEST(plugin_that_cannot_be_loaded_keeps_the_server_from_starting_saying_why)
 	free(log);
 }
 
+/* The pids tests/plugins/rude.c wrote to RUDE_PIDS, once there are n. */
+static void rude_pids(pid_t *pids, int n)
+{
+	int64_t deadline = harness_now_ms() + 10000;
+	for (;;) {
+		char *text = read_file("rude.pids");
+		int got = 0;
+		for (char *l = text; *l && got < n; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : "")
+			pids[got++] = atoi(l);
+		free(text);
+		if (got == n)
+			return;
+		if (harness_now_ms() > deadline)
+			FAILF("rude.so wrote %d of %d pids", got, n);
+		pause_ms(10);
+	}
+}
+
+/* A plugin whose forkpool_plugin() hangs: the --describe run the server
+ * makes at start-up is killed at --start-timeout, with whatever it started,
+ * and the server refuses to start, naming the plugin and the timeout. */
+TEST(plugin_that_hangs_while_loading_is_killed_at_the_start_timeout_and_named)
+{
+	setenv("RUDE", "hang", 1);
+	setenv("RUDE_PIDS", "rude.pids", 1);
+	int64_t t0 = harness_now_ms();
+	char *log = server_refuses("--plugin", plugin_spec("test-plugins/rude.so", "{\"x\": 1}"),
+				   "--start-timeout", "0.5", NULL);
+	CHECK(harness_now_ms() - t0 < 10000);
+	char want[4600];
+	snprintf(want, sizeof want, "level=error event=config msg=\"plugin %s: the worker's --describe "
+				    "did not end within the --start-timeout of 0.5 s while loading it (it "
+				    "was killed): its constructors and forkpool_plugin() must return at "
+				    "once\"", bin("test-plugins/rude.so"));
+	CHECK_CONTAINS(log, want);
+	CHECK_CONTAINS(log, "the plugins or tasks files above are not usable");
+	free(log);
+	pid_t pids[2];
+	rude_pids(pids, 2);
+	wait_gone(pids[0]);
+	wait_gone(pids[1]);
+}
+
+/* SIGTERM or SIGINT while the server waits for the catalogue (a plugin
+ * that hangs, the start-timeout still far) stops it at once: it ends by
+ * that signal, and the --describe run goes with it. */
+TEST(server_stops_at_once_on_sigterm_or_sigint_while_a_plugin_hangs_at_start_up)
+{
+	static const int sigs[] = {SIGTERM, SIGINT};
+	setenv("RUDE", "hang", 1);
+	setenv("RUDE_PIDS", "rude.pids", 1);
+	for (size_t i = 0; i < 2; i++) {
+		unlink("rude.pids");
+		const char *argv[] = {bin("forkpoold"), "--listen", "127.0.0.1:0", "--db", "./db/fp.db",
+				      "--plugin", plugin_spec("test-plugins/rude.so", NULL), NULL};
+		pid_t pid = fork();
+		CHECK(pid >= 0);
+		if (pid == 0) {
+			int fd = open("server.log", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+			dup2(fd, 2);
+			execv(argv[0], (char **)argv);
+			_exit(127);
+		}
+		pid_t pids[2];
+		rude_pids(pids, 2);
+		int64_t t0 = harness_now_ms();
+		CHECK_INT(kill(pid, sigs[i]), 0);
+		int status;
+		while (waitpid(pid, &status, WNOHANG) != pid) {
+			if (harness_now_ms() - t0 > 10000) {
+				kill(pid, SIGKILL);
+				FAILF("the server was still there 10 s after signal %d:\n%s", sigs[i],
+				      read_file("server.log"));
+			}
+			pause_ms(10);
+		}
+		if (!WIFSIGNALED(status) || WTERMSIG(status) != sigs[i])
+			FAILF("the server ended with wait status %d after signal %d", status, sigs[i]);
+		char *log = read_file("server.log");
+		CHECK_CONTAINS(log, "event=exit signal=");
+		CHECK_CONTAINS(log, "msg=\"stopped while starting\"");
+		free(log);
+		wait_gone(pids[0]);
+		wait_gone(pids[1]);
+	}
+}
+
+TEST(plugin_that_crashes_while_loading_is_named)
+{
+	setenv("RUDE", "crash", 1);
+	char *log = server_refuses("--plugin", plugin_spec("test-plugins/rude.so", NULL), NULL);
+	char want[4600];
+	snprintf(want, sizeof want, "level=error event=config msg=\"plugin %s: the worker's --describe ",
+		 bin("test-plugins/rude.so"));
+	CHECK_CONTAINS(log, want);
+	/* SIGSEGV; under AddressSanitizer, its report and exit status 1 */
+	CHECK_CONTAINS(log, " while loading it (in its constructors or forkpool_plugin())\"");
+	free(log);
+}
+
+/* What a plugin prints to stdout while it loads cannot garble the
+ * catalogue: it is logged as a warning naming the plugin. */
+TEST(plugin_that_prints_to_stdout_while_loading_still_loads_and_is_named_in_the_log)
+{
+	setenv("RUDE", "print", 1);
+	struct srv s = start_server("--plugin", plugin_spec("test-plugins/rude.so", NULL), "--workers",
+				    "1", NULL);
+	json_t *r = run(&s, "{\"task\": \"rude_ok\", \"items\": [[]]}");
+	CHECK_STR(result_text(r, 0), "true");
+	json_decref(r);
+	char *log = read_file("server.log");
+	char want[4600];
+	snprintf(want, sizeof want, "level=warn event=worker_stderr loading=\"plugin %s\" "
+				    "msg=\"rude: hello from forkpool_plugin()\"", bin("test-plugins/rude.so"));
+	CHECK_CONTAINS(log, want);
+	free(log);
+	stop_server(&s);
+}
+
 /* ---- Programs as tasks ---- */
 
 /* Writes tasks.json with the given tasks (a JSON array's inside). */

@@ -10,6 +10,8 @@
  *   EXT: --plugin PATH.so[=INITARGS_JSON]   a C plugin's tasks (plugin.h)
  *        --tasks-file PATH                  programs as tasks (program.h)
  *
+ * --describe names each extension on stderr before it loads it, so that the
+ * server can name one that hangs or crashes it (DESCRIBE_LOADING, frame.h).
  * Bad extensions (a plugin that does not load, a tasks file that is wrong)
  * end either mode with status WORKER_EXIT_CONFIG and one line on stderr that
  * says what and where. A serving worker then runs the plugins' initializers
@@ -332,11 +334,28 @@ static void close_extra_fds(void)
 static const char **ext_args;
 static size_t next_args;
 
-static int load_extensions(struct buf *why)
+/* Says on stderr which extension a --describe run loads next (its path, not
+ * its initargs, which may hold secrets): a plugin whose constructors or
+ * forkpool_plugin() hang or crash runs in this process, and the server names
+ * it from the last such line (server/catalog.c). */
+static void announce(bool plugin, const char *spec)
+{
+	char path[PATH_MAX], abs[PATH_MAX];
+	const char *eq = plugin ? strchr(spec, '=') : NULL;
+	snprintf(path, sizeof path, "%.*s", (int)(eq ? (size_t)(eq - spec) : strlen(spec)), spec);
+	fprintf(stderr, "forkpool-worker: " DESCRIBE_LOADING "%s %s\n",
+		plugin ? "plugin" : "tasks file", realpath(path, abs) ? abs : path);
+}
+
+/* Loads them; announced says which on stderr first (see announce). */
+static int load_extensions(struct buf *why, bool announced)
 {
 	for (size_t i = 0; i < next_args; i += 2) {
-		int rc = !strcmp(ext_args[i], "--plugin") ? plugin_load(ext_args[i + 1], why)
-							  : program_load_file(ext_args[i + 1], why);
+		bool plugin = !strcmp(ext_args[i], "--plugin");
+		if (announced)
+			announce(plugin, ext_args[i + 1]);
+		int rc = plugin ? plugin_load(ext_args[i + 1], why)
+				: program_load_file(ext_args[i + 1], why);
 		if (rc < 0)
 			return -1;
 	}
@@ -407,7 +426,7 @@ static int serve(long parent)
 	prog = map_progress();
 
 	struct buf why = {0};
-	if (load_extensions(&why) < 0 || plugin_init_all(&why) < 0 || program_start_all(&why) < 0)
+	if (load_extensions(&why, false) < 0 || plugin_init_all(&why) < 0 || program_start_all(&why) < 0)
 		cannot_serve(&why);
 
 	struct buf hello = {0};
@@ -463,16 +482,30 @@ static int serve(long parent)
 
 static int describe(void)
 {
+	/* Die with the server should it be killed while a plugin hangs here. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* stdout is for the catalogue alone: what a plugin prints while it
+	 * loads (against the rules, but it happens) goes to stderr, the
+	 * server's log, rather than garble it. */
+	int cat = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, WORKER_PROGRESS_FD + 1);
+	if (cat < 0 || dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
+		fprintf(stderr, "forkpool-worker: --describe: stdout: %s\n", strerror(errno));
+		return 1;
+	}
 	struct buf why = {0};
-	if (load_extensions(&why) < 0) {
+	if (load_extensions(&why, true) < 0) {
 		fprintf(stderr, "forkpool-worker: %s\n", why.data);
 		fflush(stderr);
 		_exit(WORKER_EXIT_CONFIG); /* nothing to clean up: skip the leak report */
 	}
+	fflush(stdout);
+	fprintf(stderr, "forkpool-worker: " DESCRIBE_LOADING "done\n");
 	struct buf out = {0};
 	task_describe(&out);
 	buf_addc(&out, '\n');
-	bool ok = fwrite(out.data, 1, out.len, stdout) == out.len && fflush(stdout) == 0;
+	FILE *f = fdopen(cat, "w");
+	bool ok = f && fwrite(out.data, 1, out.len, f) == out.len;
+	ok = f && fclose(f) == 0 && ok;
 	buf_free(&out);
 	return ok ? 0 : 1;
 }
