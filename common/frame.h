@@ -19,7 +19,12 @@
  *     F <json-str>\n                 sent instead of the hello: the worker cannot
  *                                    serve (a plugin's initializer failed, ...);
  *                                    the message says why, and the worker exits
- *                                    with status WORKER_EXIT_CONFIG
+ *                                    with status WORKER_EXIT_CONFIG. Also sent
+ *                                    in a chunk, after the records of the items
+ *                                    before, when a persistent program turns out
+ *                                    not to start: the item it was given did not
+ *                                    run, and the worker counts as one that
+ *                                    could not start
  *
  * The worker runs the items of a chunk in order and reports each one; a chunk is
  * done when n records have come back. JSON text never holds a raw newline, so a

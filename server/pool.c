@@ -108,7 +108,7 @@ static struct {
 	int db_down;	    /* a commit failed: writes are only logged until the replay */
 	int db_failures;    /* consecutive failed commits */
 	int64_t db_retry_at; /* monotonic ms of the next replay */
-	int failures;       /* consecutive deaths before hello */
+	int failures;       /* consecutive failed starts (no item run since) */
 	int64_t respawn_at; /* monotonic ms; 0: none due */
 	char health[512];   /* why the last worker could not start; "": it could */
 	struct buf chunk;   /* scratch for building chunk frames */
@@ -676,13 +676,14 @@ static void handle_record(struct worker *w, char *line, size_t len)
 	if (line[0] == 'H') {
 		if (w->state == W_STARTING) {
 			w->state = W_IDLE;
-			P.failures = 0;
 			P.health[0] = '\0';
 		}
 		return;
 	}
-	if (line[0] == 'F' && line[1] == ' ' && w->state == W_STARTING) {
-		/* It cannot serve; it exits next, and the reap reports why. */
+	if (line[0] == 'F' && line[1] == ' ') {
+		/* It cannot serve; it exits next, and the reap reports why. Also
+		 * after its hello (a persistent program that does not start),
+		 * when the item it was running, if any, did not run. */
 		json_t *msg = json_loads(line + 2, JSON_DECODE_ANY, NULL);
 		free(w->fatal);
 		w->fatal = strdup(json_is_string(msg) ? json_string_value(msg) : line + 2);
@@ -706,6 +707,9 @@ static void handle_record(struct worker *w, char *line, size_t len)
 		return;
 	}
 	p = end + 1;
+	/* Ready is not enough to reset the backoff: a worker whose persistent
+	 * program does not start says hello, then F at its first item. */
+	P.failures = 0;
 	int64_t now = now_unix_ms(), started = now - micros / 1000;
 	const struct slot *sl = &w->slot[w->done];
 	struct op o = {.batch = sl->batch, .idx = sl->idx, .started = started, .now = now};
@@ -978,10 +982,11 @@ static void settle_chunk(struct worker *w, int status)
 		if (sl->cancelled) {
 			o.kind = OP_CANCEL;
 			op_do(o, NULL, 0, 1);
-		} else if ((int64_t)pos != running || P.stopping || w->cancelled ||
+		} else if ((int64_t)pos != running || P.stopping || w->cancelled || w->fatal ||
 			   (w->killed && w->kill_pos != running)) {
 			/* Not the item that caused the death (a cancel of another
-			 * batch in the chunk kills the worker too): it runs again. */
+			 * batch in the chunk kills the worker too; one that could
+			 * not serve did not run it): it runs again. */
 			o.kind = OP_REQUEUE;
 			op_do(o, NULL, 0, 1);
 			back[pos - w->done] = 1;
@@ -1057,15 +1062,15 @@ static void reap(int block)
 				     : P.stopping	      ? "shutdown"
 				     : w->cancelled	      ? "cancelled"
 				     : w->killed	      ? "timeout"
-				     : w->state == W_STARTING ? "start_failed"
-							      : "died";
+				     : w->state == W_STARTING || w->fatal ? "start_failed"
+									  : "died";
 		log_info("worker_exit", "pid=%d reason=%s status=\"%s\" tasks=%lld", (int)pid, reason,
 			 how, (long long)(w->tasks_run + (int64_t)w->done));
 		metrics_worker_exit(reason);
 		settle_chunk(w, status);
 		if (w->state != W_RETIRING)
 			P.nworkers--;
-		if (w->state == W_STARTING && !P.stopping) {
+		if ((w->state == W_STARTING || w->fatal) && !P.stopping) {
 			/* It could not even start: back off rather than spin. */
 			int64_t delay = BACKOFF_MIN_MS << (P.failures < 6 ? P.failures : 6);
 			P.failures++;

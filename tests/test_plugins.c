@@ -1014,6 +1014,104 @@ TEST(program_persistent_that_hangs_is_killed_by_the_timeout_with_its_worker)
 	stop_server(&s);
 }
 
+/* A persistent program that ends before it reads its first item (here a
+ * script that is not there yet) cannot start: the worker counts as one that
+ * could not start, /healthz says why with a 503, the item goes back to
+ * pending, and starts are retried with a backoff. Once the script is there,
+ * the batch runs. */
+TEST_T(program_persistent_that_cannot_start_is_503_with_the_reason_and_work_waits_until_fixed, 90)
+{
+	TASKS("{\"name\": \"counter\", \"mode\": \"persistent\", \"argv\": [\"/bin/sh\", "
+	      "\"counter.sh\"], \"params\": [\"x\"]}");
+	struct srv s = start_server("--tasks-file", "tasks.json", "--workers", "1", NULL);
+	long long id = submit(&s, "{\"task\": \"counter\", \"items\": [[1], [2], [3], [4], [5]]}");
+	wait_healthz(&s, 503, "\"status\":\"workers_failing\"");
+	/* "counter: /usr/bin/dash exited with status 2 before it read its
+	 * first item: /bin/sh: 0: cannot open counter.sh: No such file" */
+	wait_healthz(&s, 503, " before it read its first item: ");
+	/* A few more starts fail; the items wait, none failed or ran. */
+	int64_t deadline = harness_now_ms() + 20000;
+	for (;;) {
+		char *log = read_file("server.log");
+		int n = 0;
+		for (char *l = strstr(log, "event=worker_start_failed"); l;
+		     l = strstr(l + 1, "event=worker_start_failed"))
+			n++;
+		free(log);
+		if (n >= 3)
+			break;
+		if (harness_now_ms() > deadline)
+			FAILF("only %d failed starts in 20 s", n);
+		pause_ms(20);
+	}
+	char path[64];
+	snprintf(path, sizeof path, "/v1/batches/%lld", id);
+	json_t *b = http_json(&s, "GET", path, NULL, 200);
+	CHECK_INT(json_integer_value(json_object_get(json_object_get(b, "counts"), "pending")), 5);
+	json_decref(b);
+	char *log = read_file("server.log");
+	CHECK_CONTAINS(log, "event=worker_exit");
+	CHECK_CONTAINS(log, "reason=start_failed");
+	CHECK_CONTAINS(log, "cannot open counter.sh");
+	free(log);
+
+	write_file("counter.sh", 0755, PERSISTENT_SH);
+	json_t *r = results(&s, id);
+	for (size_t i = 0; i < 5; i++) {
+		CHECK_STR(state_of(r, i), "finished");
+		CHECK_INT(json_integer_value(json_object_get(item(r, i), "attempts")), 1);
+	}
+	json_decref(r);
+	wait_healthz(&s, 200, "\"status\":\"ok\"");
+	stop_server(&s);
+}
+
+/* One that reads an item and dies on it fails that item alone, even as the
+ * first item of a new process: the item's fault, not the pool's. */
+TEST(program_persistent_that_dies_on_its_first_item_fails_that_item_alone)
+{
+	write_file("counter.sh", 0755, PERSISTENT_SH);
+	TASKS("{\"name\": \"counter\", \"mode\": \"persistent\", \"argv\": [\"./counter.sh\"], "
+	      "\"params\": [\"x\"]}");
+	struct srv s = start_server("--tasks-file", "tasks.json", "--workers", "1", NULL);
+	json_t *r = run(&s, "{\"task\": \"counter\", \"chunksize\": 4, \"items\": [[\"die\"], [2], "
+			    "[\"die\"], [\"die\"], [5]]}");
+	CHECK_STR(error_type(r, 0), "task_error");
+	CHECK_CONTAINS(error_msg(r, 0), "exited with status 7 while running this item");
+	CHECK_INT(json_integer_value(json_object_get(result_of(r, 1), "n")), 1);
+	CHECK_STR(error_type(r, 2), "task_error");
+	CHECK_STR(error_type(r, 3), "task_error");
+	CHECK_INT(json_integer_value(json_object_get(result_of(r, 4), "n")), 1);
+	json_decref(r);
+	wait_healthz(&s, 200, "\"status\":\"ok\"");
+	char *log = read_file("server.log");
+	if (strstr(log, "reason=start_failed"))
+		FAILF("a worker counted as failing to start:\n%s", log);
+	free(log);
+	stop_server(&s);
+}
+
+/* One that ends between items (having answered one) did not see the next:
+ * that item goes to a new process instead of failing. */
+TEST(program_persistent_that_exits_between_items_gives_the_next_one_to_a_new_process)
+{
+	write_file("once.sh", 0755,
+		   "#!/bin/sh\nIFS= read -r line\nprintf '{\"result\": %%d}\\n' $$\n");
+	TASKS("{\"name\": \"once\", \"mode\": \"persistent\", \"argv\": [\"./once.sh\"]}");
+	struct srv s = start_server("--tasks-file", "tasks.json", "--workers", "1", NULL);
+	json_t *r = run(&s, "{\"task\": \"once\", \"chunksize\": 4, \"items\": [[], [], [], []]}");
+	for (size_t i = 0; i < 4; i++) {
+		CHECK_STR(state_of(r, i), "finished");
+		for (size_t k = 0; k < i; k++)
+			CHECK(json_integer_value(result_of(r, i)) != json_integer_value(result_of(r, k)));
+	}
+	json_decref(r);
+	char *log = read_file("server.log");
+	CHECK_CONTAINS(log, "/once.sh exited with status 0 between items; starting it again");
+	free(log);
+	stop_server(&s);
+}
+
 /* Each broken tasks file keeps the server from starting, with what and where. */
 TEST(program_tasks_file_mistakes_keep_the_server_from_starting_saying_what_and_where)
 {

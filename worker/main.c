@@ -205,6 +205,20 @@ static __attribute__((noreturn)) void malformed(const char *why)
 	finish(2);
 }
 
+/* A persistent program could not start, found out after the hello (between
+ * chunks, or in one): the worker cannot serve. The records of the items
+ * before stand; an F record after them says why, and that the item running
+ * did not run (frame.h); then the worker ends as one that could not start. */
+static __attribute__((noreturn)) void cannot_go_on(const struct buf *why)
+{
+	buf_reset(&rec);
+	buf_adds(&rec, "F ");
+	buf_json_str(&rec, why->data, why->len);
+	buf_addc(&rec, '\n');
+	post(&rec, true);
+	finish(WORKER_EXIT_CONFIG);
+}
+
 /* Runs item pos of a chunk, which starts at t0 (monotonic ns), and appends
  * its record to rec; returns when it ended, the next item's start (one clock
  * read an item: they were a tenth of a square's cost). t is NULL for a task
@@ -220,6 +234,8 @@ static int64_t run_item(const struct task *t, const char *tname, size_t pos, con
 	buf_reset(&err);
 	int rc = t ? task_run(t, args, len, &res, &err)
 		   : task_error(&err, "unknown task \"%s\"", tname);
+	if (rc < 0 && program_cannot_serve())
+		cannot_go_on(&err);
 	int64_t t1 = mono_ns();
 	long long micros = (t1 - t0) / 1000;
 	/* "R|E <pos> <micros> ", without printf: it was a fifth of a square's cost. */
@@ -291,9 +307,15 @@ static void run_chunk(const char *p, size_t n)
  * wake-ups). poll's waiter asks for POLLIN and sleeps through them. */
 static void wait_readable(int fd)
 {
-	struct pollfd p = {.fd = fd, .events = POLLIN};
-	while (poll(&p, 1, -1) < 0 && errno == EINTR)
+	/* Also a persistent program ending before its first item: the worker
+	 * cannot serve, and says so now rather than fail at the next chunk. */
+	struct pollfd p[1 + 16] = {{.fd = fd, .events = POLLIN}};
+	nfds_t n = 1 + (nfds_t)program_unproven_fds(p + 1, 16);
+	while (poll(p, n, -1) < 0 && errno == EINTR)
 		;
+	struct buf why = {0};
+	if (n > 1 && program_check_unproven(&why) < 0)
+		cannot_go_on(&why);
 }
 
 static struct progress *map_progress(void)

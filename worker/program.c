@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -62,6 +63,7 @@ struct program {
 	char **envp;
 	/* a persistent program's state */
 	pid_t pid; /* 0: not running */
+	bool served; /* it has answered an item since it started */
 	int in, out;
 	struct buf rd; /* stdout bytes read but not consumed */
 	struct tail *tail;
@@ -69,6 +71,7 @@ struct program {
 
 static struct program **programs;
 static size_t nprograms;
+static bool cannot_serve; /* see program_cannot_serve */
 
 static __attribute__((format(printf, 2, 3))) int fail(struct buf *err, const char *fmt, ...)
 {
@@ -561,6 +564,7 @@ static int persistent_start(struct program *p, struct buf *err)
 			    strerror(rc));
 	}
 	p->pid = pid;
+	p->served = false;
 	p->in = fds[0];
 	p->out = fds[1];
 	p->tail = t;
@@ -617,34 +621,74 @@ static int persistent_died(struct program *p, const char *what, struct buf *err)
 	return -1;
 }
 
-static int write_all(int fd, const char *s, size_t n)
+/* Writes s[0..n) to fd; *done says how much went. */
+static int write_all(int fd, const char *s, size_t n, size_t *done)
 {
-	while (n) {
-		ssize_t k = write(fd, s, n);
+	*done = 0;
+	while (*done < n) {
+		ssize_t k = write(fd, s + *done, n - *done);
 		if (k < 0) {
 			if (errno == EINTR)
 				continue;
 			return -1;
 		}
-		s += k;
-		n -= (size_t)k;
+		*done += (size_t)k;
 	}
 	return 0;
 }
 
-static int run_persistent(const struct task *t, const json_t *args, struct buf *res,
-			  struct buf *err)
+/* Whether p's program read any of the written bytes of an item's line: what
+ * it has not read is still in the pipe, even once it is gone. A program that
+ * could not start (a missing script, a model that does not load) ends
+ * without reading its stdin; one that a particular item kills has read it. */
+static bool took_it(const struct program *p, size_t written)
 {
-	struct program *p = (struct program *)t->ctx;
-	if (!p->pid && persistent_start(p, err) < 0)
+	int unread;
+	if (ioctl(p->in, FIONREAD, &unread) < 0)
+		return true; /* cannot tell: as if it had */
+	return (size_t)unread < written;
+}
+
+/* p's program ended (or closed its stdin or stdout) without reading this
+ * item. One that had been serving gets the item in a new process (1); one
+ * that never read an item cannot start: the item did not run, the worker
+ * cannot serve (program_cannot_serve), and err says why (-1). */
+static int not_taken(struct program *p, struct buf *err)
+{
+	bool served = p->served, killed;
+	struct buf tail = {0}, how = {0};
+	int status = persistent_stop(p, STOP_GRACE_MS, &tail, &killed);
+	if (killed)
+		buf_adds(&how, "stopped reading its stdin");
+	else
+		describe_status(status, &how);
+	int rc = 1;
+	if (served) {
+		fprintf(stderr, "forkpool-worker: %s: %s %s between items; starting it again\n",
+			p->task.name, p->argv[0], how.data);
+	} else {
+		buf_adds(&how, " before it read its first item");
+		program_failed(p, how.data, tail.data ? tail.data : "", tail.len, err);
+		cannot_serve = true;
+		rc = -1;
+	}
+	buf_free(&tail);
+	buf_free(&how);
+	return rc;
+}
+
+/* Gives p's program one item's line and reads its answer: 0 with the
+ * result in res, -1 with err (the item failed), or 1 when the program
+ * ended without reading the line and is to be started again for it. */
+static int ask(struct program *p, const struct buf *line, struct buf *res, struct buf *err)
+{
+	if (!p->pid && persistent_start(p, err) < 0) {
+		cannot_serve = true; /* it did not run; nor will anything else here */
 		return -1;
-	struct buf line = {0};
-	jsonw_value(&line, args);
-	buf_addc(&line, '\n');
-	int w = write_all(p->in, line.data, line.len);
-	buf_free(&line);
-	if (w < 0)
-		return persistent_died(p, NULL, err); /* EPIPE: it is gone */
+	}
+	size_t written;
+	if (write_all(p->in, line->data, line->len, &written) < 0) /* EPIPE: it is gone */
+		return took_it(p, written) ? persistent_died(p, NULL, err) : not_taken(p, err);
 	/* Read one line. Bytes past it (a second line) mean it is out of step. */
 	char *nl;
 	size_t scanned = 0;
@@ -658,7 +702,8 @@ static int run_persistent(const struct task *t, const json_t *args, struct buf *
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k <= 0)
-			return persistent_died(p, NULL, err);
+			return p->rd.len || took_it(p, written) ? persistent_died(p, NULL, err)
+								  : not_taken(p, err);
 		p->rd.len += (size_t)k;
 		p->rd.data[p->rd.len] = '\0';
 	}
@@ -691,6 +736,7 @@ static int run_persistent(const struct task *t, const json_t *args, struct buf *
 		return rc;
 	}
 	json_decref(reply);
+	p->served = true;
 	size_t rest = p->rd.len - llen - 1;
 	memmove(p->rd.data, nl + 1, rest);
 	p->rd.len = rest;
@@ -698,10 +744,46 @@ static int run_persistent(const struct task *t, const json_t *args, struct buf *
 	if (rest) {
 		/* Unasked-for output: the next answer could not be trusted. */
 		fprintf(stderr, "forkpool-worker: %s: %s wrote more than one line for an item; "
-				"restarting it\n", t->name, p->argv[0]);
+				"restarting it\n", p->task.name, p->argv[0]);
 		persistent_stop(p, 0, NULL, NULL);
 	}
 	return rc;
+}
+
+static int run_persistent(const struct task *t, const json_t *args, struct buf *res,
+			  struct buf *err)
+{
+	struct program *p = (struct program *)t->ctx;
+	struct buf line = {0};
+	jsonw_value(&line, args);
+	buf_addc(&line, '\n');
+	int rc = ask(p, &line, res, err);
+	if (rc == 1) /* it went between items: once more, in a new process (never 1 again) */
+		rc = ask(p, &line, res, err);
+	buf_free(&line);
+	return rc;
+}
+
+bool program_cannot_serve(void) { return cannot_serve; }
+
+size_t program_unproven_fds(struct pollfd *pf, size_t max)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < nprograms && n < max; i++)
+		if (programs[i]->pid && !programs[i]->served)
+			pf[n++] = (struct pollfd){.fd = programs[i]->out}; /* no events: hang-ups only */
+	return n;
+}
+
+int program_check_unproven(struct buf *err)
+{
+	for (size_t i = 0; i < nprograms; i++) {
+		struct program *p = programs[i];
+		struct pollfd pf = {.fd = p->out};
+		if (p->pid && !p->served && poll(&pf, 1, 0) == 1 && (pf.revents & (POLLHUP | POLLERR)))
+			return not_taken(p, err);
+	}
+	return 0;
 }
 
 int program_start_all(struct buf *err)

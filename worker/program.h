@@ -21,6 +21,9 @@
 #ifndef FORKPOOL_PROGRAM_H
 #define FORKPOOL_PROGRAM_H
 
+#include <poll.h>
+#include <stdbool.h>
+
 #include "buf.h"
 
 /* Reads a tasks file and adds its tasks, checking everything that can be
@@ -32,6 +35,17 @@ int program_load_file(const char *path, struct buf *err);
 /* Starts the persistent programs (in a serving worker, before its hello).
  * 0, or -1 with why appended to err. */
 int program_start_all(struct buf *err);
+/* Whether the item that just failed did not run because a persistent
+ * program cannot start: it ended before it read its first item (or could
+ * not be started again). Its error says why; the worker cannot serve. */
+bool program_cannot_serve(void);
+/* For a worker waiting for work: the stdout of each persistent program that
+ * has not answered an item yet, as pollfds that report a hang-up alone (up
+ * to max; the count). One that hangs up has ended before its first item:
+ * program_check_unproven then says -1, with why in err (the worker cannot
+ * serve); else 0. */
+size_t program_unproven_fds(struct pollfd *pf, size_t max);
+int program_check_unproven(struct buf *err);
 /* Closes the persistent programs' stdin, gives them a moment to exit, then
  * kills what is left. */
 void program_stop_all(void);
