@@ -1112,6 +1112,72 @@ TEST(program_persistent_that_exits_between_items_gives_the_next_one_to_a_new_pro
 	stop_server(&s);
 }
 
+#define CHATTY_SH                                                                                 \
+	"#!/bin/sh\n"                                                                              \
+	"n=0\n"                                                                                    \
+	"while IFS= read -r line; do\n"                                                            \
+	"  n=$((n+1))\n"                                                                           \
+	"  case $line in\n"                                                                        \
+	"  '[\"two\"]') printf '{\"result\": 1}\\n{\"result\": 2}\\n' ;;\n"                        \
+	"  '[\"later\"]') echo '{\"result\": 1}'\n"                                                \
+	"     while [ ! -e go ]; do sleep 0.01; done\n"                                            \
+	"     echo '{\"result\": \"stale\"}'; touch written ;;\n"                                  \
+	"  *) printf '{\"result\": {\"pid\": %%d, \"n\": %%d}}\\n' $$ $n ;;\n"                     \
+	"  esac\n"                                                                                 \
+	"done\n"
+
+/* A second line for one item does not change the item's answer, the
+ * first; the program is out of step, so it is started again before the
+ * next item, with a warning. */
+TEST(program_persistent_second_line_for_an_item_keeps_the_first_and_restarts_the_program)
+{
+	write_file("chatty.sh", 0755, CHATTY_SH);
+	TASKS("{\"name\": \"chatty\", \"mode\": \"persistent\", \"argv\": [\"./chatty.sh\"], "
+	      "\"params\": [\"x\"]}");
+	struct srv s = start_server("--tasks-file", "tasks.json", "--workers", "1", NULL);
+	json_t *r = run(&s, "{\"task\": \"chatty\", \"items\": [[0]]}");
+	long long pid1 = json_integer_value(json_object_get(result_of(r, 0), "pid"));
+	json_decref(r);
+	r = run(&s, "{\"task\": \"chatty\", \"chunksize\": 2, \"items\": [[\"two\"], [3]]}");
+	CHECK_STR(result_text(r, 0), "1");
+	long long pid2 = json_integer_value(json_object_get(result_of(r, 1), "pid"));
+	CHECK(pid2 > 0 && pid2 != pid1);
+	CHECK_INT(json_integer_value(json_object_get(result_of(r, 1), "n")), 1);
+	json_decref(r);
+	char *log = read_file("server.log");
+	CHECK_CONTAINS(log, "/chatty.sh wrote more than one line for an item; restarting it");
+	free(log);
+	stop_server(&s);
+}
+
+/* Output that comes after an item's answer, while the worker waits for the
+ * next chunk, is not taken for the next item's answer: the program is
+ * started again first. */
+TEST(program_persistent_output_between_items_is_not_taken_for_the_next_answer)
+{
+	write_file("chatty.sh", 0755, CHATTY_SH);
+	TASKS("{\"name\": \"chatty\", \"mode\": \"persistent\", \"argv\": [\"./chatty.sh\"], "
+	      "\"params\": [\"x\"]}");
+	struct srv s = start_server("--tasks-file", "tasks.json", "--workers", "1", NULL);
+	json_t *r = run(&s, "{\"task\": \"chatty\", \"items\": [[\"later\"]]}");
+	CHECK_STR(result_text(r, 0), "1");
+	json_decref(r);
+	write_file("go", 0644, "\n");
+	int64_t deadline = harness_now_ms() + 10000;
+	while (access("written", F_OK) != 0) {
+		if (harness_now_ms() > deadline)
+			FAILF("the program did not write its second line");
+		pause_ms(10);
+	}
+	r = run(&s, "{\"task\": \"chatty\", \"items\": [[5]]}");
+	CHECK_INT(json_integer_value(json_object_get(result_of(r, 0), "n")), 1);
+	json_decref(r);
+	char *log = read_file("server.log");
+	CHECK_CONTAINS(log, "/chatty.sh wrote to stdout between items; restarting it");
+	free(log);
+	stop_server(&s);
+}
+
 /* Each broken tasks file keeps the server from starting, with what and where. */
 TEST(program_tasks_file_mistakes_keep_the_server_from_starting_saying_what_and_where)
 {

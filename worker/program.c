@@ -682,6 +682,14 @@ static int not_taken(struct program *p, struct buf *err)
  * ended without reading the line and is to be started again for it. */
 static int ask(struct program *p, const struct buf *line, struct buf *res, struct buf *err)
 {
+	struct pollfd pf = {.fd = p->out, .events = POLLIN};
+	if (p->pid && poll(&pf, 1, 0) == 1 && (pf.revents & POLLIN)) {
+		/* Output after its last answer: it would be taken for this
+		 * item's answer. Out of step, as with a second line. */
+		fprintf(stderr, "forkpool-worker: %s: %s wrote to stdout between items; "
+				"restarting it\n", p->task.name, p->argv[0]);
+		persistent_stop(p, 0, NULL, NULL);
+	}
 	if (!p->pid && persistent_start(p, err) < 0) {
 		cannot_serve = true; /* it did not run; nor will anything else here */
 		return -1;
