@@ -790,6 +790,56 @@ TEST(program_exec_gets_arguments_in_argv_and_stdin_and_its_json_stdout_is_the_re
 	stop_server(&s);
 }
 
+/* The results of a batch once it is done, as the text the server sent (for
+ * numbers jansson cannot hold). */
+static char *results_text(const struct srv *s, long long id)
+{
+	char path[128];
+	int64_t deadline = harness_now_ms() + 45000;
+	for (;;) {
+		snprintf(path, sizeof path, "/v1/batches/%lld?wait=5", id);
+		json_t *b = http_json(s, "GET", path, NULL, 200);
+		int done = !strcmp(json_string_value(json_object_get(b, "state")), "done");
+		json_decref(b);
+		if (done)
+			break;
+		if (harness_now_ms() > deadline)
+			FAILF("batch %lld is not done after 45 s", id);
+	}
+	snprintf(path, sizeof path, "/v1/batches/%lld/results", id);
+	long status;
+	char *text = http(s, "GET", path, NULL, &status);
+	CHECK_INT(status, 200);
+	return text;
+}
+
+/* JSON on a program's stdout is the result as written, whatever jansson
+ * holds: integers past 64 bits stay exact numbers, as built-in results do. */
+TEST(program_json_output_is_the_result_as_written_big_numbers_included)
+{
+	write_file("answer.sh", 0755,
+		   "#!/bin/sh\nwhile IFS= read -r line; do\n"
+		   "  echo '{\"result\": [170141183460469231731687303715884105728, 1e999, 1.50]}'\n"
+		   "done\n");
+	TASKS("{\"name\": \"out\", \"mode\": \"exec\", \"argv\": [\"/usr/bin/printf\", \"%%s\", "
+	      "\"{0}\"], \"params\": [{\"name\": \"text\", \"type\": \"string\"}]},"
+	      "{\"name\": \"answer\", \"mode\": \"persistent\", \"argv\": [\"./answer.sh\"]}");
+	struct srv s = start_server("--tasks-file", "tasks.json", "--workers", "1", NULL);
+	char *text = results_text(&s, submit(&s, "{\"task\": \"out\", \"items\": [[\"12345678901234567890\"], "
+						 "[\"1e999\"], [\"{\\n  \\\"big\\\": [-123456789012345678901234567890, "
+						 "0.10000000000000000000001]\\n}\\n\"], [\"not json\"]]}"));
+	CHECK_CONTAINS(text, "\"result\":12345678901234567890,");
+	CHECK_CONTAINS(text, "\"result\":1e999,");
+	CHECK_CONTAINS(text, "\"result\":{\"big\":[-123456789012345678901234567890,"
+			     "0.10000000000000000000001]},");
+	CHECK_CONTAINS(text, "\"result\":\"not json\",");
+	free(text);
+	text = results_text(&s, submit(&s, "{\"task\": \"answer\", \"items\": [[]]}"));
+	CHECK_CONTAINS(text, "\"result\":[170141183460469231731687303715884105728,1e999,1.50],");
+	free(text);
+	stop_server(&s);
+}
+
 TEST(program_exec_star_in_argv_is_every_argument_and_a_lone_missing_one_is_left_out)
 {
 	TASKS("{\"name\": \"star\", \"mode\": \"exec\", \"argv\": [\"/bin/echo\", \"{*}\", "

@@ -31,6 +31,7 @@
 
 #include <jansson.h>
 
+#include "jsontext.h"
 #include "jsonw.h"
 #include "tasks.h"
 
@@ -389,23 +390,32 @@ static int build_argv(const struct program *p, const json_t *args, struct buf *t
 	return (int)n;
 }
 
-/* Turns a successful program's stdout into the result's JSON text. */
+/* Turns a successful program's stdout into the result's JSON text: JSON as
+ * written (not through jansson: its numbers stop at 64 bits), else a string. */
 static int exec_result(const struct program *p, const char *s, size_t n, struct buf *res,
 		       struct buf *err)
 {
-	json_t *v = json_loadb(s, n, JSON_DECODE_ANY, NULL);
-	if (!v) {
-		/* Not JSON: text, without its trailing newlines (as $(...) does). */
-		while (n && (s[n - 1] == '\n' || s[n - 1] == '\r'))
-			n--;
-		v = json_stringn(s, n);
-		if (!v)
-			return fail(err, "%s: %s wrote %zu bytes to stdout that are neither JSON nor "
-				    "UTF-8 text", p->task.name, p->argv[0], n);
-	}
+	if (jsontext_compact(res, s, n) == 0)
+		return 0;
+	/* Not JSON: text, without its trailing newlines (as $(...) does). */
+	while (n && (s[n - 1] == '\n' || s[n - 1] == '\r'))
+		n--;
+	json_t *v = json_stringn(s, n);
+	if (!v)
+		return fail(err, "%s: %s wrote %zu bytes to stdout that are neither JSON nor "
+			    "UTF-8 text", p->task.name, p->argv[0], n);
 	jsonw_value(res, v);
 	json_decref(v);
 	return 0;
+}
+
+/* Whether the JSON string text s[0..n) (quotes included) is word. */
+static bool json_string_is(const char *s, size_t n, const char *word)
+{
+	json_t *v = json_loadb(s, n, JSON_DECODE_ANY, NULL);
+	bool is = json_is_string(v) && !strcmp(json_string_value(v), word);
+	json_decref(v);
+	return is;
 }
 
 static int run_exec(const struct task *t, const json_t *args, struct buf *res, struct buf *err)
@@ -716,19 +726,24 @@ static int ask(struct program *p, const struct buf *line, struct buf *res, struc
 		p->rd.data[p->rd.len] = '\0';
 	}
 	size_t llen = (size_t)(nl - p->rd.data);
-	json_error_t jerr;
-	json_t *reply = json_loadb(p->rd.data, llen, 0, &jerr);
-	json_t *r = json_object_get(reply, "result"), *e = json_object_get(reply, "error");
+	/* The reply, checked and compact with its numbers as written. */
+	struct buf reply = {0};
+	const char *key, *val;
+	size_t klen, vlen;
+	bool one = jsontext_compact(&reply, p->rd.data, llen) == 0 &&
+		   jsontext_only_member(reply.data, reply.len, &key, &klen, &val, &vlen);
 	int rc;
-	if (json_object_size(reply) == 1 && r) {
-		jsonw_value(res, r);
+	if (one && json_string_is(key, klen, "result")) {
+		buf_add(res, val, vlen);
 		rc = 0;
-	} else if (json_object_size(reply) == 1 && e) {
+	} else if (one && json_string_is(key, klen, "error")) {
 		struct buf msg = {0};
+		json_t *e = json_loadb(val, vlen, JSON_DECODE_ANY, NULL);
 		if (json_is_string(e))
 			add_utf8(&msg, json_string_value(e), json_string_length(e));
 		else
-			jsonw_value(&msg, e);
+			buf_add(&msg, val, vlen); /* its JSON text as the message */
+		json_decref(e);
 		rc = task_error(err, "%s", msg.len ? msg.data : "task failed");
 		buf_free(&msg);
 	} else {
@@ -738,12 +753,12 @@ static int ask(struct program *p, const struct buf *line, struct buf *res, struc
 		buf_adds(&what, llen > 200 ? "...\"" : "\"");
 		buf_adds(&what, " where one line {\"result\": ...} or {\"error\": \"...\"} was due; "
 				"it was stopped");
-		json_decref(reply);
+		buf_free(&reply);
 		rc = persistent_died(p, what.data, err);
 		buf_free(&what);
 		return rc;
 	}
-	json_decref(reply);
+	buf_free(&reply);
 	p->served = true;
 	size_t rest = p->rd.len - llen - 1;
 	memmove(p->rd.data, nl + 1, rest);

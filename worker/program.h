@@ -9,9 +9,9 @@
  *
  * mode "exec" runs argv once per item (no shell; {N} is replaced by argument N
  * as a string, a lone "{*}" by all of them), with the arguments as a JSON
- * array on stdin; stdout is the result, parsed as JSON when it is JSON, else
- * a string; a non-zero exit fails the item (task_error) with the last lines
- * of stderr. mode "persistent" starts argv once per worker and keeps it: one
+ * array on stdin; stdout is the result, JSON as written when it is JSON
+ * (numbers of any size: jsontext.h), else a string; a non-zero exit fails the
+ * item (task_error) with the last lines of stderr. mode "persistent" starts argv once per worker and keeps it: one
  * JSON line of arguments in, one line {"result": ...} or {"error": "..."} out
  * per item. docs/plugins.md is the full reference.
  *
