@@ -436,6 +436,30 @@ TEST(plugin_task_errors_and_crashes_fail_only_their_own_items)
 	stop_server(&s);
 }
 
+/* A plugin's result is capped as a program's output is: past 64 MiB of JSON
+ * it fails its item with a task_error naming its size and the limit (past
+ * FRAME_MAX it used to kill the worker), and the worker goes on. */
+TEST_T(plugin_result_past_64_mib_is_a_task_error_naming_its_size_and_the_limit, 120)
+{
+	struct srv s = start_server("--plugin", plugin_spec("test-plugins/big.so", NULL), "--workers",
+				    "1", NULL);
+	json_t *r = run(&s, "{\"task\": \"big_string\", \"chunksize\": 3, \"items\": [[67108862], "
+			    "[67108863], [300000000]]}");
+	CHECK_STR(state_of(r, 0), "finished");
+	CHECK_INT(json_string_length(result_of(r, 0)), 67108862);
+	CHECK_STR(error_type(r, 1), "task_error");
+	CHECK_STR(error_msg(r, 1), "big_string: its result is 67108865 bytes of JSON, more than the "
+				   "67108864 (64 MiB) one result may be");
+	CHECK_STR(error_type(r, 2), "task_error");
+	CHECK_STR(error_msg(r, 2), "big_string: its result is 300000002 bytes of JSON, more than the "
+				   "67108864 (64 MiB) one result may be");
+	for (size_t i = 1; i < 3; i++)
+		CHECK_INT(json_integer_value(json_object_get(item(r, i), "worker")),
+			  json_integer_value(json_object_get(item(r, 0), "worker")));
+	json_decref(r);
+	stop_server(&s);
+}
+
 static void wait_healthz(const struct srv *s, long want_status, const char *want_text)
 {
 	int64_t deadline = harness_now_ms() + 20000;

@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -735,6 +736,71 @@ TEST(worker_frame_longer_than_frame_max_exits_2)
 	unsigned char hdr[FRAME_HDR] = {0xff, 0xff, 0xff, 0xff};
 	CHECK_INT(frame_write_all(w.sock, hdr, sizeof hdr), 0);
 	expect_exit(&w, 2);
+	wk_stop(&w);
+}
+
+/* Whether thread tid is waiting in a futex (a mutex, a condition). */
+static int in_futex(pid_t tid)
+{
+	char path[64], text[64] = "";
+	snprintf(path, sizeof path, "/proc/%d/syscall", (int)tid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	if (!fgets(text, sizeof text, f))
+		text[0] = '\0';
+	fclose(f);
+	return atol(text) == SYS_futex;
+}
+
+/* Results of 64 MiB pile up in the outbox while the server is slow to read
+ * (here: it reads nothing until the last item ran): they go out in several
+ * frames, none past FRAME_MAX, instead of one the server would refuse. */
+TEST_T(worker_frames_stay_under_frame_max_while_big_results_pile_up, 120)
+{
+	char spec[PATH_MAX];
+	snprintf(spec, sizeof spec, "%s/test-plugins/big.so", harness_bin_dir());
+	const char *const extra[] = {"--plugin", spec, NULL};
+	struct wk w;
+	wk_start_with(&w, 1, extra);
+	wk_hello(&w);
+	/* The sender takes the first record alone and blocks writing it; the
+	 * other five big ones and the small last one then wait together. */
+	static const char *const args[] = {"[67108862]", "[67108862]", "[67108862]", "[67108862]",
+					   "[67108862]", "[67108862]", "[1]"};
+	wk_chunk(&w, "big_string", 7, args);
+	/* Read nothing until the worker waits for the socket: its main thread
+	 * waiting for the sender (a futex) for good, past the fifth item. */
+	int64_t deadline = harness_now_ms() + 60000;
+	for (int still = 0; still < 5;) {
+		if (harness_now_ms() > deadline)
+			FAILF("the worker did not come to wait for the socket");
+		still = atomic_load(&w.prog->item) >= 5 && in_futex(w.pid) ? still + 1 : 0;
+		struct timespec ts = {0, 20 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	int records = 0, frames = 0;
+	while (records < 7) {
+		const char *p;
+		size_t n;
+		int r = frame_next(&w.rd, &p, &n);
+		if (r < 0)
+			FAILF("a frame longer than FRAME_MAX after %d frames (%d records)", frames, records);
+		if (r == 1) {
+			frames++;
+			for (size_t i = 0; i < n; i++)
+				records += p[i] == '\n';
+			CHECK(p[0] == 'R');
+			continue;
+		}
+		if (harness_now_ms() > deadline)
+			FAILF("%d records in 60 s", records);
+		struct pollfd pfd = {.fd = w.sock, .events = POLLIN};
+		CHECK(poll(&pfd, 1, WAIT_MS) == 1);
+		CHECK(frame_fill(&w.rd, w.sock) > 0);
+	}
+	CHECK_INT(records, 7);
+	CHECK(frames >= 3);
 	wk_stop(&w);
 }
 

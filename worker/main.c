@@ -53,6 +53,7 @@
 #include "tasks.h"
 
 #define OUTBOX_WAIT_NS 1000000 /* how long a waiting record waits for company */
+_Static_assert(TASK_RESULT_MAX + 4096 < FRAME_MAX, "a result's record fits in a frame");
 
 /* The outbox, shared by the two threads under mu. box always holds a frame
  * being filled: a length placeholder, then records; it is empty when it holds
@@ -148,6 +149,16 @@ static void post(const struct buf *r, bool last)
 {
 	static struct buf spare;
 	pthread_mutex_lock(&O.mu);
+	if (O.box.len > FRAME_HDR && O.box.len - FRAME_HDR + r->len > FRAME_MAX) {
+		/* Big results pile up while the server is slow to read them; what
+		 * waits goes first, so that no frame passes FRAME_MAX (a record,
+		 * at most TASK_RESULT_MAX and a little, always fits one). */
+		struct buf full = take_box(&spare);
+		pthread_mutex_lock(&wmu);
+		pthread_mutex_unlock(&O.mu);
+		write_box(full, &spare);
+		pthread_mutex_lock(&O.mu);
+	}
 	bool was_empty = O.box.len == FRAME_HDR;
 	buf_add(&O.box, r->data, r->len);
 	if (last) {

@@ -35,7 +35,7 @@
 #include "jsonw.h"
 #include "tasks.h"
 
-#define OUT_MAX (64u << 20)   /* the most a program may write as one result */
+#define OUT_MAX TASK_RESULT_MAX /* the most a program may write as one result */
 #define TAIL_MAX 4096         /* bytes of stderr kept for error messages */
 #define TAIL_LINES 10         /* lines of it quoted in a message */
 #define STOP_GRACE_MS 1000    /* how long a persistent program has to exit on EOF */

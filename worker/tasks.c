@@ -759,6 +759,10 @@ int task_run(const struct task *t, const char *args, size_t len, struct buf *res
 	int rc = check_args(t, a, err);
 	if (rc == 0)
 		rc = (t->fn ? t->fn(a, res, err) : t->call(t, a, res, err)) < 0 ? -1 : 0;
+	if (rc == 0 && res->len - res_len > TASK_RESULT_MAX)
+		rc = task_error(err, "%s: its result is %zu bytes of JSON, more than the %u (%u MiB) "
+				"one result may be", t->name, res->len - res_len, TASK_RESULT_MAX,
+				TASK_RESULT_MAX >> 20);
 	json_decref(a);
 	if (rc < 0) {
 		/* No half-written result; and an error always says something. */

@@ -51,6 +51,10 @@ struct task {
 };
 
 #define TASK_NAME_LEN 64 /* a name is 1 to TASK_NAME_LEN - 1 of [A-Za-z0-9_.-] */
+/* The most JSON text one item's result may be, whatever made it (a program's
+ * output, a plugin's value): a few of them still fit in one frame
+ * (FRAME_MAX), and a bigger one is an error of its item, not a dead worker. */
+#define TASK_RESULT_MAX (64u << 20)
 
 /* Every task: the built-ins, then the added ones in the order they came. */
 size_t task_count(void);
@@ -75,8 +79,9 @@ void task_describe(struct buf *out);
 
 /* Runs t on one item whose arguments are the JSON text args[0..len). Returns
  * 0 with the result's JSON text appended to res, or -1 with a message (plain
- * text, not JSON) appended to err: the task's own error, or why the arguments
- * are unusable (the server checks them first; this is the second line). */
+ * text, not JSON) appended to err: the task's own error, why the arguments
+ * are unusable (the server checks them first; this is the second line), or
+ * that the result is longer than TASK_RESULT_MAX. */
 int task_run(const struct task *t, const char *args, size_t len, struct buf *res, struct buf *err);
 
 /* Appends the formatted message to err; returns -1, for `return task_error(...)`. */
