@@ -1291,6 +1291,9 @@ TEST(program_tasks_file_mistakes_keep_the_server_from_starting_saying_what_and_w
 		 "/tasks.json (tasks[1]) clashes with task \\\"a\\\" of tasks file "},
 		{"{\"tasks\": [{\"name\": \"square\", \"mode\": \"exec\", \"argv\": [\"/bin/true\"]}]}",
 		 "clashes with the built-in task \\\"square\\\""},
+		{"{\"tasks\": [{\"name\": \"a\", \"mode\": \"exec\", \"argv\": [\"/bin/true\"], "
+		 "\"params\": [\"x\", {\"name\": \"y\"}, {\"name\": \"x\", \"type\": \"int\"}]}]}",
+		 "tasks[0] (\\\"a\\\"): params[2] (x): params[0] has that name too"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		write_file("tasks.json", 0644, "%s", cases[i].file);
@@ -1303,6 +1306,57 @@ TEST(program_tasks_file_mistakes_keep_the_server_from_starting_saying_what_and_w
 	}
 	char *log = server_refuses("--tasks-file", "nowhere.json", NULL);
 	CHECK_CONTAINS(log, "tasks file nowhere.json: No such file or directory");
+	free(log);
+}
+
+/* Every problem of every tasks file has its own event=config line, not
+ * only the first; the same file given twice is said to be given twice,
+ * rather than clash with itself. */
+TEST(program_tasks_file_problems_are_each_reported_and_a_file_given_twice_is_named)
+{
+	write_file("one.json", 0644,
+		   "{\"tasks\": [{\"name\": \"good\", \"mode\": \"exec\", \"argv\": [\"/bin/true\"]},"
+		   "{\"name\": \"b1\", \"mode\": \"fork\", \"argv\": [\"/bin/true\"]},"
+		   "{\"name\": \"b2\", \"mode\": \"exec\", \"argv\": [\"no-such-program-x\"]},"
+		   "{\"name\": \"b3\", \"mode\": \"exec\", \"argv\": [\"/bin/true\"], \"timout\": 1}]}");
+	write_file("two.json", 0644, "{\"tasks\": [{\"name\": \"good\", \"mode\": \"exec\", "
+				     "\"argv\": [\"/bin/true\"]}, {\"name\": \"b4\"}]}");
+	char *log = server_refuses("--tasks-file", "one.json", "--tasks-file", "two.json", NULL);
+	static const char *const want[] = {
+		"/one.json: tasks[1] (\\\"b1\\\"): mode must be",
+		"/one.json: tasks[2] (\\\"b2\\\"): argv[0]: program \\\"no-such-program-x\\\" was not found",
+		"/one.json: tasks[3] (\\\"b3\\\"): unknown field \\\"timout\\\"",
+		"task \\\"good\\\" of tasks file ",
+		"/two.json: tasks[1] (\\\"b4\\\"): mode must be",
+	};
+	int lines = 0;
+	for (char *l = strstr(log, "level=error event=config msg=\""); l;
+	     l = strstr(l + 1, "level=error event=config msg=\""))
+		lines++;
+	CHECK_INT(lines, 5);
+	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+		CHECK_CONTAINS(log, want[i]);
+	free(log);
+
+	TASKS("{\"name\": \"a\", \"mode\": \"exec\", \"argv\": [\"/bin/true\"]}");
+	log = server_refuses("--tasks-file", "tasks.json", "--tasks-file", "./tasks.json", NULL);
+	char cwd[4096], want2[4200];
+	CHECK(getcwd(cwd, sizeof cwd) != NULL);
+	snprintf(want2, sizeof want2, "level=error event=config msg=\"tasks file %s/tasks.json is given "
+				      "twice\"", cwd);
+	CHECK_CONTAINS(log, want2);
+	if (strstr(log, "clashes"))
+		FAILF("a task clashes with itself:\n%s", log);
+	free(log);
+}
+
+TEST(plugin_task_with_two_parameters_of_one_name_keeps_the_server_from_starting)
+{
+	char *log = server_refuses("--plugin", plugin_spec("test-plugins/dupparam.so", NULL), NULL);
+	char want[4600];
+	snprintf(want, sizeof want, "level=error event=config msg=\"plugin %s: task \\\"twice\\\": "
+				    "parameters 0 and 2 are both called x\"", bin("test-plugins/dupparam.so"));
+	CHECK_CONTAINS(log, want);
 	free(log);
 }
 

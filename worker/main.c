@@ -383,16 +383,23 @@ static void announce(bool plugin, const char *spec)
 /* Loads them; announced says which on stderr first (see announce). */
 static int load_extensions(struct buf *why, bool announced)
 {
+	int rc = 0;
 	for (size_t i = 0; i < next_args; i += 2) {
 		bool plugin = !strcmp(ext_args[i], "--plugin");
 		if (announced)
 			announce(plugin, ext_args[i + 1]);
-		int rc = plugin ? plugin_load(ext_args[i + 1], why)
-				: program_load_file(ext_args[i + 1], why);
-		if (rc < 0)
-			return -1;
+		/* Every extension's problems, a line each: not only the first. */
+		struct buf one = {0};
+		if ((plugin ? plugin_load(ext_args[i + 1], &one)
+			    : program_load_file(ext_args[i + 1], &one)) < 0) {
+			if (rc < 0)
+				buf_addc(why, '\n');
+			buf_add(why, one.data, one.len);
+			rc = -1;
+		}
+		buf_free(&one);
 	}
-	return 0;
+	return rc;
 }
 
 /* The worker cannot serve: says why to the server (an F record, in place of
@@ -527,7 +534,8 @@ static int describe(void)
 	}
 	struct buf why = {0};
 	if (load_extensions(&why, true) < 0) {
-		fprintf(stderr, "forkpool-worker: %s\n", why.data);
+		for (char *line = strtok(why.data, "\n"); line; line = strtok(NULL, "\n"))
+			fprintf(stderr, "forkpool-worker: %s\n", line);
 		fflush(stderr);
 		_exit(WORKER_EXIT_CONFIG); /* nothing to clean up: skip the leak report */
 	}

@@ -61,6 +61,11 @@ static int take_task(struct plugin *p, size_t i, struct task *t, struct buf *err
 		if ((int)pt->params[k].type < 0 || pt->params[k].type > FORKPOOL_ANY)
 			return task_error(err, "%s: task \"%s\": parameter %d (%s) has an unknown type %d",
 					  p->where, pt->name, k, pt->params[k].name, (int)pt->params[k].type);
+		for (int j = 0; j < k; j++)
+			if (!strcmp(pt->params[j].name, pt->params[k].name))
+				return task_error(err, "%s: task \"%s\": parameters %d and %d are both "
+						       "called %s", p->where, pt->name, j, k,
+						  pt->params[k].name);
 		t->params[k].name = pt->params[k].name;
 		t->params[k].type = (enum task_type)pt->params[k].type;
 	}

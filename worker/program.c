@@ -875,6 +875,10 @@ static int load_params(struct program *p, json_t *params, struct buf *err)
 		if (ti < 0)
 			return fail(err, "%s: params[%zu] (%s): unknown type \"%s\" (int, uint, number, "
 				    "unumber, string or any)", p->where, k, name, type);
+		for (size_t j = 0; j < k; j++)
+			if (!strcmp(p->task.params[j].name, name))
+				return fail(err, "%s: params[%zu] (%s): params[%zu] has that name too",
+					    p->where, k, name, j);
 		p->task.params[k].name = xstrdup(name);
 		p->task.params[k].type = (enum task_type)ti;
 	}
@@ -1099,9 +1103,19 @@ static int load_task(const char *file, const char *dir, size_t idx, json_t *o, s
 
 int program_load_file(const char *path, struct buf *err)
 {
+	static char **loaded; /* the files so far, by real path */
+	static size_t nloaded;
 	char file[PATH_MAX];
 	if (!realpath(path, file))
 		return fail(err, "tasks file %s: %s", path, strerror(errno));
+	for (size_t i = 0; i < nloaded; i++)
+		if (!strcmp(loaded[i], file))
+			return fail(err, "tasks file %s is given twice", file);
+	char **nl = realloc(loaded, (nloaded + 1) * sizeof *nl);
+	if (!nl)
+		abort();
+	loaded = nl;
+	loaded[nloaded++] = xstrdup(file);
 	json_error_t jerr;
 	json_t *root = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
 	if (!root)
@@ -1118,14 +1132,21 @@ int program_load_file(const char *path, struct buf *err)
 	*strrchr(dir, '/') = '\0'; /* realpath's answer is absolute */
 	if (!dir[0])
 		strcpy(dir, "/");
+	/* Every task's problem, one line each: not only the first. */
+	rc = 0;
 	size_t i;
 	json_t *t;
 	json_array_foreach(list, i, t)
 	{
-		if (load_task(file, dir, i, t, err) < 0)
-			goto out;
+		struct buf one = {0};
+		if (load_task(file, dir, i, t, &one) < 0) {
+			if (rc < 0)
+				buf_addc(err, '\n');
+			buf_add(err, one.data, one.len);
+			rc = -1;
+		}
+		buf_free(&one);
 	}
-	rc = 0;
 out:
 	json_decref(root);
 	return rc;

@@ -28,9 +28,11 @@
 
 /* Reads a tasks file and adds its tasks, checking everything that can be
  * checked before running anything: the JSON, every field, that each program
- * exists and is executable, that each cwd is a directory. 0, or -1 with what
- * and where appended to err ("tasks file /x/t.json: tasks[1] (\"thumb\"):
- * argv[0]: program \"convert\" was not found in PATH (...)"). */
+ * exists and is executable, that each cwd is a directory, that the file was
+ * not read already. 0, or -1 with what and where appended to err ("tasks
+ * file /x/t.json: tasks[1] (\"thumb\"): argv[0]: program \"convert\" was not
+ * found in PATH (...)"), a line for each task that is wrong (the others are
+ * added). */
 int program_load_file(const char *path, struct buf *err);
 /* Starts the persistent programs (in a serving worker, before its hello).
  * 0, or -1 with why appended to err. */
