@@ -1388,6 +1388,32 @@ TEST(program_example_classify_is_a_persistent_python_model)
 	free(log);
 }
 
+/* docs/plugins.md shows these answers of the example: they are what it
+ * prints. */
+TEST(program_example_classify_answers_as_the_docs_show)
+{
+	if (!have("python3"))
+		return skip("python3 is not installed (apt-get install python3)");
+	struct srv s = start_server("--tasks-file", bin("examples/classify.json"), "--workers", "1",
+				    NULL);
+	json_t *r = run(&s, "{\"task\": \"classify\", \"items\": [[\"a wonderful, moving film\"], "
+			    "[\"dull and awful\"], [\"qwerty\"], [\"What a wonderful day\"]]}");
+	static const struct {
+		size_t i;
+		const char *label, *p;
+	} want[] = {{0, "positive", "0.7127"}, {1, "negative", "0.8085"}, {3, "negative", "0.5429"}};
+	for (size_t k = 0; k < 3; k++) {
+		json_t *v = result_of(r, want[k].i);
+		char p[32];
+		snprintf(p, sizeof p, "%.4f", json_real_value(json_object_get(v, "p")));
+		CHECK_STR(json_string_value(json_object_get(v, "label")), want[k].label);
+		CHECK_STR(p, want[k].p);
+	}
+	CHECK_STR(error_msg(r, 2), "ValueError: none of the words of the text are known to the model");
+	json_decref(r);
+	stop_server(&s);
+}
+
 /* Whether convert is ImageMagick's (not a stand-in). */
 static int have_imagemagick(void)
 {
