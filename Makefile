@@ -135,23 +135,31 @@ check: deps
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" test
 
 # make fuzz: the request validator (server/request.c) under libFuzzer and
-# ASan+UBSan, for FUZZ_TIME seconds (default 60). It needs clang (Debian:
-# apt-get install clang); make test does not. Inputs that crash it are written
-# to fuzz/regressions/, which make test replays through the normal build
-# (tests/test_hostile.c): keep them with the fix. New corpus entries stay in
-# build/fuzz/corpus; fuzz/corpus holds the seeds.
+# ASan+UBSan, for FUZZ_TIME seconds (default 60), then the checker of
+# programs' JSON output (common/jsontext.c) against jansson for as long. It
+# needs clang (Debian: apt-get install clang); make test does not. Inputs that
+# crash the request target are written to fuzz/regressions/, which make test
+# replays through the normal build (tests/test_hostile.c): keep them with the
+# fix; the jsontext target's go to build/fuzz/ (add the case to
+# tests/test_jsontext.c). New corpus entries stay in build/fuzz/; fuzz/corpus
+# holds the seeds of both.
 FUZZ_TIME ?= 60
+FUZZ_CC    = clang -O1 -g -std=gnu11 $(WARN) -D_GNU_SOURCE -Icommon -Iserver -Iworker -Iinclude \
+	     $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_SRC   = fuzz/fuzz_request.c server/request.c server/catalog.c server/log.c $(COMMON_SRC)
 fuzz:
 	@command -v clang >/dev/null || { echo "make fuzz needs clang: sudo apt-get install -y clang"; exit 1; }
 	@$(MAKE) --no-print-directory $(WORKER)
-	@mkdir -p build/fuzz/corpus
-	clang -O1 -g -std=gnu11 $(WARN) -D_GNU_SOURCE -Icommon -Iserver -Iworker -Iinclude $(PKG_CFLAGS) \
-	  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	  -o build/fuzz/fuzz-request $(FUZZ_SRC) $(shell pkg-config --libs jansson 2>/dev/null) -lm
+	@mkdir -p build/fuzz/corpus build/fuzz/jsontext-corpus
+	$(FUZZ_CC) -o build/fuzz/fuzz-request $(FUZZ_SRC) $(shell pkg-config --libs jansson 2>/dev/null) -lm
 	FORKPOOL_WORKER=$(WORKER) build/fuzz/fuzz-request -max_total_time=$(FUZZ_TIME) -timeout=10 \
 	  -rss_limit_mb=2048 -max_len=65536 -dict=fuzz/request.dict -artifact_prefix=fuzz/regressions/ \
 	  build/fuzz/corpus fuzz/corpus
+	$(FUZZ_CC) -o build/fuzz/fuzz-jsontext fuzz/fuzz_jsontext.c $(COMMON_SRC) \
+	  $(shell pkg-config --libs jansson 2>/dev/null) -lm
+	build/fuzz/fuzz-jsontext -max_total_time=$(FUZZ_TIME) -timeout=10 -rss_limit_mb=2048 \
+	  -max_len=65536 -dict=fuzz/request.dict -artifact_prefix=build/fuzz/jsontext- \
+	  build/fuzz/jsontext-corpus fuzz/corpus
 
 clean:
 	rm -rf build
