@@ -234,6 +234,18 @@ static int wait_describe(pid_t pid, int out, struct buf *b, int64_t deadline, in
 	return rc;
 }
 
+void catalog_worker_spawnattr(posix_spawnattr_t *at)
+{
+	posix_spawnattr_init(at);
+	sigset_t none, all;
+	sigemptyset(&none);
+	sigfillset(&all);
+	posix_spawnattr_setsigmask(at, &none);
+	posix_spawnattr_setsigdefault(at, &all);
+	posix_spawnattr_setpgroup(at, 0);
+	posix_spawnattr_setflags(at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+}
+
 int catalog_load(const char *worker_path) { return catalog_load_with(worker_path, NULL, NULL); }
 
 int catalog_load_with(const char *worker_path, char *const *extra, const struct catalog_limits *lim)
@@ -248,19 +260,10 @@ int catalog_load_with(const char *worker_path, char *const *extra, const struct 
 	posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
 	if (efd >= 0)
 		posix_spawn_file_actions_adddup2(&fa, efd, 2);
-	/* The server's signals are blocked (it reads them from a signalfd);
-	 * the worker's must not be. Its own process group: what a plugin
-	 * started while loading is killed with it. */
+	/* Its own process group: what a plugin started while loading is
+	 * killed with it. */
 	posix_spawnattr_t at;
-	posix_spawnattr_init(&at);
-	sigset_t none, all;
-	sigemptyset(&none);
-	sigfillset(&all);
-	posix_spawnattr_setsigmask(&at, &none);
-	posix_spawnattr_setsigdefault(&at, &all);
-	posix_spawnattr_setpgroup(&at, 0);
-	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-					  POSIX_SPAWN_SETPGROUP);
+	catalog_worker_spawnattr(&at);
 	size_t nextra = 0;
 	while (extra && extra[nextra])
 		nextra++;

@@ -6,6 +6,7 @@
 #define FORKPOOL_CATALOG_H
 
 #include <jansson.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <stddef.h>
 
@@ -38,6 +39,13 @@ struct catalog_limits {
 /* Runs `worker --describe` and loads its answer. 0, or -1 with the reason
  * logged. */
 int catalog_load(const char *worker_path);
+/* The attributes of every start of the worker program (a pool worker or a
+ * --describe run): an empty signal mask and default dispositions (the server
+ * blocks its signals, to read them from a signalfd, and the worker must not
+ * inherit that), and a process group of its own, which what its tasks or
+ * plugins start inherits: a Ctrl-C at the terminal reaches the server alone,
+ * and a kill of the group reaches everything. Destroy it after the spawn. */
+void catalog_worker_spawnattr(posix_spawnattr_t *at);
 /* The same with the worker's extension arguments (NULL-terminated, such as
  * {"--plugin", "x.so", NULL}) before --describe, within lim (NULL: none). A
  * worker that finds its extensions broken says what and where on stderr;

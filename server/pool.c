@@ -469,18 +469,11 @@ static int spawn_worker(void)
 	posix_spawn_file_actions_adddup2(&fa, sv[1], WORKER_SOCK_FD);
 	posix_spawn_file_actions_adddup2(&fa, mfd, WORKER_PROGRESS_FD);
 	posix_spawn_file_actions_adddup2(&fa, ep[1], STDERR_FILENO);
-	posix_spawnattr_t at;
-	posix_spawnattr_init(&at);
-	sigset_t none, all;
-	sigemptyset(&none);
-	sigfillset(&all);
-	posix_spawnattr_setsigmask(&at, &none);
-	posix_spawnattr_setsigdefault(&at, &all);
 	/* Its own process group: a Ctrl-C at the terminal reaches the server,
-	 * which stops the workers itself. */
-	posix_spawnattr_setpgroup(&at, 0);
-	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-					  POSIX_SPAWN_SETPGROUP);
+	 * which stops the workers itself, and signal_worker reaches what its
+	 * tasks started. */
+	posix_spawnattr_t at;
+	catalog_worker_spawnattr(&at);
 	char ppid[24];
 	snprintf(ppid, sizeof ppid, "%d", (int)getpid());
 	size_t nextra = 0;
