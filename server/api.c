@@ -269,6 +269,17 @@ static int future_ready(struct http_req *r)
 	return store_future_get(C.store, w->batch, w->index, on_future, &fo) != 1 || fo.done;
 }
 
+/* 404 for a future that is not there: the batch's range when the batch is,
+ * else that the batch is not. */
+static void no_future(struct http_req *r, int64_t id, int64_t index)
+{
+	struct batch b;
+	if (store_batch_get(C.store, id, &b) == 1)
+		return http_error(r, 404, "not_found", "batch %lld has no future %lld (it has %lld: 0 to %lld)",
+				  (long long)id, (long long)index, (long long)b.size, (long long)b.size - 1);
+	http_error(r, 404, "not_found", "there is no batch %lld", (long long)id);
+}
+
 static void get_future(struct http_req *r, int64_t id, int64_t index)
 {
 	struct buf o = {0};
@@ -280,12 +291,7 @@ static void get_future(struct http_req *r, int64_t id, int64_t index)
 	}
 	if (!found) {
 		buf_free(&o);
-		struct batch b;
-		if (store_batch_get(C.store, id, &b) == 1)
-			return http_error(r, 404, "not_found", "batch %lld has no future %lld (it has %lld: 0 to %lld)",
-					  (long long)id, (long long)index, (long long)b.size,
-					  (long long)b.size - 1);
-		return http_error(r, 404, "not_found", "there is no batch %lld", (long long)id);
+		return no_future(r, id, index);
 	}
 	if (http_woken(r) == WAKE_SHUTDOWN) {
 		buf_free(&o);
@@ -784,8 +790,7 @@ static void cancel_future(struct http_req *r, int64_t id, int64_t index)
 	if (found < 0)
 		return db_error(r);
 	if (!found)
-		return http_error(r, 404, "not_found", "there is no future %lld of batch %lld",
-				  (long long)index, (long long)id);
+		return no_future(r, id, index);
 	int n = store_cancel_one(C.store, id, index, now_unix_ms());
 	if (n < 0)
 		return db_error(r);

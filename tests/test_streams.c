@@ -821,6 +821,12 @@ TEST(cancel_a_future_like_future_cancel)
 	snprintf(path, sizeof path, "/v1/batches/%lld/futures/9/cancel", (long long)id);
 	r = req(&s, "POST", path, NULL);
 	CHECK_INT(r.status, 404);
+	CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), "has no future 9 (it has 4: 0 to 3)");
+	resp_free(&r);
+	/* A batch that is not there is named as such, as a read of it says. */
+	r = req(&s, "POST", "/v1/batches/99/futures/0/cancel", NULL);
+	CHECK_INT(r.status, 404);
+	CHECK_CONTAINS(jstr(jget(r.json, "error"), "message"), "there is no batch 99");
 	resp_free(&r);
 	snprintf(path, sizeof path, "/v1/batches/%lld/futures/3/cancel", (long long)id);
 	r = req(&s, "GET", path, NULL);
