@@ -221,8 +221,8 @@ static long long submit(const struct srv *s, const char *body)
 	return id;
 }
 
-/* Waits (long-polls) until the batch is done; returns its results array. */
-static json_t *results(const struct srv *s, long long id)
+/* Waits (long-polls) until the batch is done. */
+static void wait_done(const struct srv *s, long long id)
 {
 	char path[128];
 	int64_t deadline = harness_now_ms() + 45000;
@@ -236,6 +236,13 @@ static json_t *results(const struct srv *s, long long id)
 		if (harness_now_ms() > deadline)
 			FAILF("batch %lld is not done after 45 s", id);
 	}
+}
+
+/* Waits until the batch is done; returns its results array. */
+static json_t *results(const struct srv *s, long long id)
+{
+	char path[128];
+	wait_done(s, id);
 	snprintf(path, sizeof path, "/v1/batches/%lld/results", id);
 	json_t *r = http_json(s, "GET", path, NULL, 200);
 	json_t *list = json_incref(json_object_get(r, "results"));
@@ -819,17 +826,7 @@ TEST(program_exec_gets_arguments_in_argv_and_stdin_and_its_json_stdout_is_the_re
 static char *results_text(const struct srv *s, long long id)
 {
 	char path[128];
-	int64_t deadline = harness_now_ms() + 45000;
-	for (;;) {
-		snprintf(path, sizeof path, "/v1/batches/%lld?wait=5", id);
-		json_t *b = http_json(s, "GET", path, NULL, 200);
-		int done = !strcmp(json_string_value(json_object_get(b, "state")), "done");
-		json_decref(b);
-		if (done)
-			break;
-		if (harness_now_ms() > deadline)
-			FAILF("batch %lld is not done after 45 s", id);
-	}
+	wait_done(s, id);
 	snprintf(path, sizeof path, "/v1/batches/%lld/results", id);
 	long status;
 	char *text = http(s, "GET", path, NULL, &status);
